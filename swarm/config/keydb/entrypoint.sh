@@ -9,4 +9,8 @@ if [ ! -r "$secret" ]; then
   exit 1
 fi
 password=$(cat "$secret")
-exec docker-entrypoint.sh keydb-server /etc/keydb/keydb.conf --requirepass "$password"
+# The image's entrypoint fixes /data ownership and drops to the keydb user.
+if command -v docker-entrypoint.sh >/dev/null 2>&1; then
+  exec docker-entrypoint.sh keydb-server /etc/keydb/keydb.conf --requirepass "$password"
+fi
+exec keydb-server /etc/keydb/keydb.conf --requirepass "$password"
