@@ -123,7 +123,7 @@ def check_service(layer, name, svc):
         problem(f"{where}: no healthcheck")
     if "logging" not in svc:
         problem(f"{where}: no logging options (log rotation)")
-    if "stop_grace_period" not in svc and name not in ("alertmanager",):
+    if "stop_grace_period" not in svc:
         problem(f"{where}: no stop_grace_period")
 
     env = svc.get("environment") or {}
