@@ -35,6 +35,8 @@ check() {
   if "$@" >"$work/out" 2>&1; then
     passed=$((passed + 1))
     printf 'ok    %s\n' "$name"
+    # Warnings do not fail a check but must stay visible.
+    grep -E '^[[:space:]]*WARN' "$work/out" | sed 's/^[[:space:]]*/      /' || true
   else
     failed=$((failed + 1))
     failures+=("$name")
