@@ -185,6 +185,10 @@ export function createProvider({
   provider.Client.prototype.postLogoutRedirectUriAllowed = function postLogoutAllowed(value) {
     return allowed(this.postLogoutRedirectUris ?? [], value);
   };
+  // Keycloak puts the session id (`sid`) in every ID and access token; services use it to end
+  // all connections of a login session. oidc-provider only does so for clients with
+  // front/back-channel logout, so opt in for all.
+  provider.Client.prototype.includeSid = () => true;
 
   // Login interaction: a plain username/password form, checked against the realm's demo users.
   provider.use(async (ctx, next) => {

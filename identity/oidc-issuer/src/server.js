@@ -1,7 +1,7 @@
 // HTTP front: mounts the provider under the issuer's path (/realms/<realm>, like Keycloak), swaps in
 // a fresh provider instance when signing keys rotate, and serves the test-only admin endpoints.
 import { createServer } from 'node:http';
-import { randomUUID, generateKeyPairSync } from 'node:crypto';
+import { randomUUID, generateKeyPairSync, createPublicKey } from 'node:crypto';
 import { importJWK, SignJWT } from 'jose';
 
 import { loadRealm, DEFAULT_REALM_FILE } from './realm.js';
@@ -120,7 +120,13 @@ export async function startIssuer({
     }
     if (req.method === 'GET' && path === '/stats') return sendJson(res, 200, stats);
     if (req.method === 'GET' && path === '/keys') {
-      return sendJson(res, 200, { keys: keyStore.keys.map(publicJwk) });
+      // Public keys as JWK and PEM: tests use them to forge HMAC tokens keyed with public material.
+      return sendJson(res, 200, {
+        keys: keyStore.keys.map((k) => ({
+          ...publicJwk(k),
+          pem: createPublicKey({ key: publicJwk(k), format: 'jwk' }).export({ type: 'spki', format: 'pem' }),
+        })),
+      });
     }
     return sendJson(res, 404, { error: 'not_found' });
   }

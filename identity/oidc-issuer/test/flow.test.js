@@ -72,6 +72,8 @@ test('authorization code + PKCE yields a JWT access token with the platform clai
 
   const idToken = await jwtVerify(body.id_token, jwks, { issuer, audience: 'booking-web' });
   assert.equal(idToken.payload.nonce, flow.nonce);
+  assert.ok(payload.sid, 'access token carries the session id');
+  assert.equal(payload.sid, idToken.payload.sid);
   assert.equal(idToken.payload.email, 'olivia@example.com');
 });
 

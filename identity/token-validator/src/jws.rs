@@ -55,7 +55,11 @@ pub(crate) fn parse<'a>(token: &'a str, allowed: &[Algorithm]) -> Result<Jws<'a>
     let parts: Vec<&str> = token.split('.').collect();
     match parts.len() {
         3 => {}
-        5 => return Err(ValidationError::Malformed("encrypted tokens are not supported")),
+        5 => {
+            return Err(ValidationError::Malformed(
+                "encrypted tokens are not supported",
+            ));
+        }
         _ => return Err(ValidationError::Malformed("not a compact JWS")),
     }
     let header_bytes = b64(parts[0], "invalid header encoding")?;
@@ -72,10 +76,10 @@ pub(crate) fn parse<'a>(token: &'a str, allowed: &[Algorithm]) -> Result<Jws<'a>
     if header.crit.is_some() {
         return Err(ValidationError::Malformed("unsupported critical header"));
     }
-    if let Some(typ) = &header.typ {
-        if !access_token_typ(typ) {
-            return Err(ValidationError::NotAccessToken);
-        }
+    if let Some(typ) = &header.typ
+        && !access_token_typ(typ)
+    {
+        return Err(ValidationError::NotAccessToken);
     }
     if parts[2].is_empty() {
         return Err(ValidationError::InvalidSignature);
@@ -116,7 +120,9 @@ mod tests {
 
     #[test]
     fn refuses_none_hmac_and_unlisted_algorithms() {
-        for alg in ["none", "None", "HS256", "HS384", "HS512", "rs256", "ES512", ""] {
+        for alg in [
+            "none", "None", "HS256", "HS384", "HS512", "rs256", "ES512", "",
+        ] {
             let t = token(&format!(r#"{{"alg":"{alg}"}}"#));
             assert_eq!(
                 parse(&t, &Algorithm::ALL).unwrap_err(),
@@ -145,7 +151,10 @@ mod tests {
             long.as_str(),
         ] {
             assert!(
-                matches!(parse(bad, &Algorithm::ALL), Err(ValidationError::Malformed(_))),
+                matches!(
+                    parse(bad, &Algorithm::ALL),
+                    Err(ValidationError::Malformed(_))
+                ),
                 "{bad:.40}"
             );
         }

@@ -115,7 +115,11 @@ impl Fetcher {
             .await
             .unwrap_or_else(|_| {
                 Err(ValidationError::IssuerUnavailable {
-                    detail: format!("no answer from {} in {:?}", self.issuer.as_str(), self.overall_timeout),
+                    detail: format!(
+                        "no answer from {} in {:?}",
+                        self.issuer.as_str(),
+                        self.overall_timeout
+                    ),
                 })
             })
     }
@@ -147,7 +151,10 @@ impl Fetcher {
 
     /// Discovery from an internal URL while still requiring the public issuer in the document,
     /// the Keycloak setup with `KC_HOSTNAME_BACKCHANNEL_DYNAMIC=true`.
-    async fn discover_via(&self, base: &IssuerUrl) -> Result<CoreProviderMetadata, ValidationError> {
+    async fn discover_via(
+        &self,
+        base: &IssuerUrl,
+    ) -> Result<CoreProviderMetadata, ValidationError> {
         let url: Url = base
             .join(".well-known/openid-configuration")
             .map_err(|e| ValidationError::Config(format!("discovery url: {e}")))?;
@@ -169,8 +176,10 @@ impl Fetcher {
             });
         }
         let metadata: CoreProviderMetadata =
-            serde_json::from_slice(response.body()).map_err(|e| ValidationError::IssuerMisconfigured {
-                detail: format!("{what}: {e}"),
+            serde_json::from_slice(response.body()).map_err(|e| {
+                ValidationError::IssuerMisconfigured {
+                    detail: format!("{what}: {e}"),
+                }
             })?;
         if metadata.issuer() != &self.issuer {
             return Err(ValidationError::IssuerMisconfigured {

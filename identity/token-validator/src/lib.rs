@@ -89,10 +89,14 @@ impl TokenValidator {
             return Err(ValidationError::Config("audience must not be empty".into()));
         }
         if config.algorithms.is_empty() {
-            return Err(ValidationError::Config("no signature algorithm allowed".into()));
+            return Err(ValidationError::Config(
+                "no signature algorithm allowed".into(),
+            ));
         }
         if config.http_timeout.is_zero() {
-            return Err(ValidationError::Config("http_timeout must be positive".into()));
+            return Err(ValidationError::Config(
+                "http_timeout must be positive".into(),
+            ));
         }
         let fetcher = Fetcher::new(issuer, discovery_base, config.http_timeout)?;
         Ok(Self {
@@ -138,9 +142,10 @@ impl TokenValidator {
             return Err(ValidationError::UnknownKey { kid: jws.kid });
         }
         let alg = jws.alg.to_core();
-        let verified = candidates
-            .iter()
-            .any(|key| key.verify_signature(&alg, jws.signing_input, &jws.signature).is_ok());
+        let verified = candidates.iter().any(|key| {
+            key.verify_signature(&alg, jws.signing_input, &jws.signature)
+                .is_ok()
+        });
         if !verified {
             return Err(ValidationError::InvalidSignature);
         }
@@ -178,21 +183,21 @@ impl TokenValidator {
         let cfg = &self.inner.config;
         let mut state = self.inner.refresh.lock().await;
         let current = self.snapshot();
-        if let Some(cur) = &current {
-            if cur.generation != seen {
-                return Ok(Arc::clone(cur));
-            }
+        if let Some(cur) = &current
+            && cur.generation != seen
+        {
+            return Ok(Arc::clone(cur));
         }
-        if let Some(at) = state.last_attempt {
-            if at.elapsed() < cfg.refresh_min_interval {
-                return match (&state.last_error, current) {
-                    (Some(err), _) => Err(err.clone()),
-                    (None, Some(cur)) => Ok(cur),
-                    (None, None) => Err(ValidationError::IssuerUnavailable {
-                        detail: "no keys loaded yet".into(),
-                    }),
-                };
-            }
+        if let Some(at) = state.last_attempt
+            && at.elapsed() < cfg.refresh_min_interval
+        {
+            return match (&state.last_error, current) {
+                (Some(err), _) => Err(err.clone()),
+                (None, Some(cur)) => Ok(cur),
+                (None, None) => Err(ValidationError::IssuerUnavailable {
+                    detail: "no keys loaded yet".into(),
+                }),
+            };
         }
         state.last_attempt = Some(Instant::now());
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
@@ -211,8 +216,11 @@ impl TokenValidator {
                     generation = snapshot.generation,
                     "loaded issuer signing keys"
                 );
-                *self.inner.keys.write().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Arc::clone(&snapshot));
+                *self
+                    .inner
+                    .keys
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&snapshot));
                 state.last_error = None;
                 Ok(snapshot)
             }
