@@ -193,3 +193,97 @@ impl Fetcher {
         Ok(metadata)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Shaped like Keycloak 26's realm discovery document: long algorithm lists including values
+    // openidconnect has no variant for ("RSA1_5", "none", "query.jwt", CIBA grant types...).
+    const KEYCLOAK_DISCOVERY: &str = r#"{
+      "issuer": "https://id.example.com/realms/booking",
+      "authorization_endpoint": "https://id.example.com/realms/booking/protocol/openid-connect/auth",
+      "token_endpoint": "https://id.example.com/realms/booking/protocol/openid-connect/token",
+      "userinfo_endpoint": "https://id.example.com/realms/booking/protocol/openid-connect/userinfo",
+      "end_session_endpoint": "https://id.example.com/realms/booking/protocol/openid-connect/logout",
+      "jwks_uri": "https://id.example.com/realms/booking/protocol/openid-connect/certs",
+      "check_session_iframe": "https://id.example.com/realms/booking/protocol/openid-connect/login-status-iframe.html",
+      "frontchannel_logout_supported": true,
+      "grant_types_supported": ["authorization_code", "implicit", "refresh_token", "password",
+        "client_credentials", "urn:openid:params:grant-type:ciba",
+        "urn:ietf:params:oauth:grant-type:device_code"],
+      "acr_values_supported": ["0", "1"],
+      "response_types_supported": ["code", "none", "id_token", "token", "id_token token",
+        "code id_token", "code token", "code id_token token"],
+      "subject_types_supported": ["public", "pairwise"],
+      "id_token_signing_alg_values_supported": ["PS384", "RS384", "EdDSA", "ES384", "HS256",
+        "HS512", "ES256", "RS256", "HS384", "ES512", "PS256", "PS512", "RS512"],
+      "id_token_encryption_alg_values_supported": ["ECDH-ES+A256KW", "RSA-OAEP", "RSA-OAEP-256",
+        "RSA1_5", "ECDH-ES"],
+      "id_token_encryption_enc_values_supported": ["A256GCM", "A128CBC-HS256"],
+      "userinfo_signing_alg_values_supported": ["RS256", "ES512", "none"],
+      "request_object_signing_alg_values_supported": ["RS256", "none"],
+      "response_modes_supported": ["query", "fragment", "form_post", "query.jwt", "fragment.jwt",
+        "form_post.jwt", "jwt"],
+      "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic",
+        "client_secret_post", "tls_client_auth", "client_secret_jwt"],
+      "claims_supported": ["aud", "sub", "iss", "auth_time", "name", "given_name",
+        "family_name", "preferred_username", "email", "acr"],
+      "claim_types_supported": ["normal"],
+      "claims_parameter_supported": true,
+      "scopes_supported": ["openid", "basic", "email", "web-origins", "profile", "acr",
+        "offline_access", "roles"],
+      "request_parameter_supported": true,
+      "request_uri_parameter_supported": true,
+      "require_request_uri_registration": true,
+      "code_challenge_methods_supported": ["plain", "S256"],
+      "tls_client_certificate_bound_access_tokens": true,
+      "mtls_endpoint_aliases": { "token_endpoint": "https://id.example.com/realms/booking/protocol/openid-connect/token" },
+      "authorization_response_iss_parameter_supported": true
+    }"#;
+
+    // Keycloak publishes a signing key and an encryption key side by side.
+    const KEYCLOAK_JWKS: &str = r#"{"keys": [
+      {"kid": "enc-1", "kty": "RSA", "alg": "RSA-OAEP", "use": "enc", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"},
+      {"kid": "sig-1", "kty": "RSA", "alg": "RS256", "use": "sig", "n": "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ", "e": "AQAB"},
+      {"kid": "odd-1", "kty": "weird"}
+    ]}"#;
+
+    #[test]
+    fn parses_keycloak_shaped_discovery_document() {
+        let meta: CoreProviderMetadata = serde_json::from_str(KEYCLOAK_DISCOVERY).unwrap();
+        assert_eq!(
+            meta.issuer().as_str(),
+            "https://id.example.com/realms/booking"
+        );
+        assert_eq!(
+            meta.jwks_uri().as_str(),
+            "https://id.example.com/realms/booking/protocol/openid-connect/certs"
+        );
+    }
+
+    #[test]
+    fn keycloak_jwks_signing_key_is_selected_and_encryption_key_ignored() {
+        let keys: CoreJsonWebKeySet = serde_json::from_str(KEYCLOAK_JWKS).unwrap();
+        let snapshot = KeySnapshot {
+            generation: 1,
+            jwks_uri: JsonWebKeySetUrl::new("https://id.example.com/certs".into()).unwrap(),
+            keys,
+            fetched_at: Instant::now(),
+        };
+        let by_kid = snapshot.candidates(Some("sig-1"), Algorithm::Rs256);
+        assert_eq!(by_kid.len(), 1);
+        assert!(
+            snapshot
+                .candidates(Some("nope"), Algorithm::Rs256)
+                .is_empty()
+        );
+        // Without kid only compatible signing keys are candidates: not the RSA-OAEP key, and not
+        // the RS256 key for an ES256 token.
+        let no_kid = snapshot.candidates(None, Algorithm::Rs256);
+        assert_eq!(no_kid.len(), 1);
+        assert_eq!(no_kid[0].key_id().unwrap().as_str(), "sig-1");
+        assert!(snapshot.candidates(None, Algorithm::Es256).is_empty());
+        assert!(snapshot.candidates(None, Algorithm::Ps256).is_empty());
+    }
+}
