@@ -168,8 +168,9 @@ impl TokenValidator {
             // into failures while the cached keys are still the best knowledge we have.
             Some(s) => match self.refresh_after(s.generation).await {
                 Ok(fresh) => Ok(fresh),
+                // refresh_after already warned once per attempt; don't repeat it per token.
                 Err(err) => {
-                    tracing::warn!(error = %err, detail = %err.detail(), "jwks refresh failed; keeping cached keys");
+                    tracing::debug!(error = %err, "keeping cached keys after failed refresh");
                     Ok(s)
                 }
             },
