@@ -116,17 +116,11 @@ pub(crate) fn check(
     {
         return Err(ValidationError::NotAccessToken);
     }
-    let iss = claims
-        .iss
-        .as_deref()
-        .ok_or(ValidationError::MissingClaim("iss"))?;
+    let iss = claims.iss.as_deref().ok_or(ValidationError::MissingClaim("iss"))?;
     if iss != config.issuer {
         return Err(ValidationError::IssuerMismatch);
     }
-    let aud = claims
-        .aud
-        .as_ref()
-        .ok_or(ValidationError::MissingClaim("aud"))?;
+    let aud = claims.aud.as_ref().ok_or(ValidationError::MissingClaim("aud"))?;
     if !aud.contains(&config.audience) {
         return Err(ValidationError::AudienceMismatch);
     }
@@ -151,17 +145,9 @@ pub(crate) fn check(
             return Err(ValidationError::NotYetValid);
         }
     }
-    let subject = claims
-        .sub
-        .filter(|s| !s.is_empty())
-        .ok_or(ValidationError::MissingClaim("sub"))?;
+    let subject = claims.sub.filter(|s| !s.is_empty()).ok_or(ValidationError::MissingClaim("sub"))?;
 
-    let mut roles: BTreeSet<String> = claims
-        .realm_access
-        .unwrap_or_default()
-        .roles
-        .into_iter()
-        .collect();
+    let mut roles: BTreeSet<String> = claims.realm_access.unwrap_or_default().roles.into_iter().collect();
     if let Some(mut by_client) = claims.resource_access {
         for client in &config.role_clients {
             if let Some(set) = by_client.remove(client) {
@@ -253,10 +239,7 @@ mod tests {
 
     #[test]
     fn audience_may_be_a_string_and_roles_may_be_absent() {
-        let v = without(
-            without(with(base(), "aud", json!("booking-api")), "realm_access"),
-            "resource_access",
-        );
+        let v = without(without(with(base(), "aud", json!("booking-api")), "realm_access"), "resource_access");
         let p = run(v).unwrap();
         assert!(p.roles.is_empty());
     }
@@ -269,55 +252,27 @@ mod tests {
             "http://id.example.com/realms/booking",
             "https://ID.example.com/realms/booking",
         ] {
-            assert_eq!(
-                run(with(base(), "iss", json!(iss))),
-                Err(ValidationError::IssuerMismatch),
-                "{iss}"
-            );
+            assert_eq!(run(with(base(), "iss", json!(iss))), Err(ValidationError::IssuerMismatch), "{iss}");
         }
-        assert_eq!(
-            run(without(base(), "iss")),
-            Err(ValidationError::MissingClaim("iss"))
-        );
+        assert_eq!(run(without(base(), "iss")), Err(ValidationError::MissingClaim("iss")));
     }
 
     #[test]
     fn audience_must_contain_the_api() {
-        for aud in [
-            json!("account"),
-            json!(["account"]),
-            json!([]),
-            json!("booking-api "),
-        ] {
-            assert_eq!(
-                run(with(base(), "aud", aud.clone())),
-                Err(ValidationError::AudienceMismatch),
-                "{aud}"
-            );
+        for aud in [json!("account"), json!(["account"]), json!([]), json!("booking-api ")] {
+            assert_eq!(run(with(base(), "aud", aud.clone())), Err(ValidationError::AudienceMismatch), "{aud}");
         }
-        assert_eq!(
-            run(without(base(), "aud")),
-            Err(ValidationError::MissingClaim("aud"))
-        );
-        assert!(matches!(
-            run(with(base(), "aud", json!(42))),
-            Err(ValidationError::Malformed(_))
-        ));
+        assert_eq!(run(without(base(), "aud")), Err(ValidationError::MissingClaim("aud")));
+        assert!(matches!(run(with(base(), "aud", json!(42))), Err(ValidationError::Malformed(_))));
     }
 
     #[test]
     fn azp_is_checked_when_present_or_required() {
-        assert_eq!(
-            run(with(base(), "azp", json!("other-client"))),
-            Err(ValidationError::AuthorizedPartyMismatch)
-        );
+        assert_eq!(run(with(base(), "azp", json!("other-client"))), Err(ValidationError::AuthorizedPartyMismatch));
         assert!(run(without(base(), "azp")).is_ok());
         let mut strict = config();
         strict.require_azp = true;
-        assert_eq!(
-            run_with(without(base(), "azp"), &strict),
-            Err(ValidationError::AuthorizedPartyMismatch)
-        );
+        assert_eq!(run_with(without(base(), "azp"), &strict), Err(ValidationError::AuthorizedPartyMismatch));
         let mut open = config();
         open.allowed_azp.clear();
         assert!(run_with(with(base(), "azp", json!("other-client")), &open).is_ok());
@@ -326,94 +281,46 @@ mod tests {
     #[test]
     fn expiry_honours_the_leeway() {
         assert!(run(with(base(), "exp", json!(NOW + 1))).is_ok());
-        assert!(
-            run(with(base(), "exp", json!(NOW - 29))).is_ok(),
-            "within 30 s skew"
-        );
-        assert_eq!(
-            run(with(base(), "exp", json!(NOW - 30))),
-            Err(ValidationError::Expired)
-        );
-        assert_eq!(
-            run(with(base(), "exp", json!(NOW - 3600))),
-            Err(ValidationError::Expired)
-        );
-        assert_eq!(
-            run(without(base(), "exp")),
-            Err(ValidationError::MissingClaim("exp"))
-        );
+        assert!(run(with(base(), "exp", json!(NOW - 29))).is_ok(), "within 30 s skew");
+        assert_eq!(run(with(base(), "exp", json!(NOW - 30))), Err(ValidationError::Expired));
+        assert_eq!(run(with(base(), "exp", json!(NOW - 3600))), Err(ValidationError::Expired));
+        assert_eq!(run(without(base(), "exp")), Err(ValidationError::MissingClaim("exp")));
         let mut tight = config();
         tight.leeway = Duration::ZERO;
-        assert_eq!(
-            run_with(with(base(), "exp", json!(NOW)), &tight),
-            Err(ValidationError::Expired)
-        );
-        assert!(
-            run(with(base(), "exp", json!((NOW + 10) as f64 + 0.5))).is_ok(),
-            "fractional"
-        );
+        assert_eq!(run_with(with(base(), "exp", json!(NOW)), &tight), Err(ValidationError::Expired));
+        assert!(run(with(base(), "exp", json!((NOW + 10) as f64 + 0.5))).is_ok(), "fractional");
         for bad in [json!(-1), json!("soon"), json!(1e300)] {
-            assert!(matches!(
-                run(with(base(), "exp", bad)),
-                Err(ValidationError::Malformed(_))
-            ));
+            assert!(matches!(run(with(base(), "exp", bad)), Err(ValidationError::Malformed(_))));
         }
     }
 
     #[test]
     fn nbf_and_iat_in_the_future_are_refused_beyond_the_leeway() {
         assert!(run(with(base(), "nbf", json!(NOW + 30))).is_ok());
-        assert_eq!(
-            run(with(base(), "nbf", json!(NOW + 31))),
-            Err(ValidationError::NotYetValid)
-        );
-        assert_eq!(
-            run(with(base(), "iat", json!(NOW + 600))),
-            Err(ValidationError::NotYetValid)
-        );
+        assert_eq!(run(with(base(), "nbf", json!(NOW + 31))), Err(ValidationError::NotYetValid));
+        assert_eq!(run(with(base(), "iat", json!(NOW + 600))), Err(ValidationError::NotYetValid));
         assert!(run(without(base(), "iat")).is_ok());
     }
 
     #[test]
     fn subject_is_required_and_other_token_kinds_are_refused() {
-        assert_eq!(
-            run(without(base(), "sub")),
-            Err(ValidationError::MissingClaim("sub"))
-        );
-        assert_eq!(
-            run(with(base(), "sub", json!(""))),
-            Err(ValidationError::MissingClaim("sub"))
-        );
+        assert_eq!(run(without(base(), "sub")), Err(ValidationError::MissingClaim("sub")));
+        assert_eq!(run(with(base(), "sub", json!(""))), Err(ValidationError::MissingClaim("sub")));
         for typ in ["ID", "Refresh", "Logout"] {
-            assert_eq!(
-                run(with(base(), "typ", json!(typ))),
-                Err(ValidationError::NotAccessToken)
-            );
+            assert_eq!(run(with(base(), "typ", json!(typ))), Err(ValidationError::NotAccessToken));
         }
-        assert!(
-            run(without(base(), "typ")).is_ok(),
-            "RFC 9068 tokens carry no typ claim"
-        );
+        assert!(run(without(base(), "typ")).is_ok(), "RFC 9068 tokens carry no typ claim");
     }
 
     #[test]
     fn wrongly_typed_or_duplicate_claims_are_malformed() {
-        assert!(matches!(
-            run(with(base(), "name", json!(7))),
-            Err(ValidationError::Malformed(_))
-        ));
+        assert!(matches!(run(with(base(), "name", json!(7))), Err(ValidationError::Malformed(_))));
         assert!(matches!(
             run(with(base(), "realm_access", json!({"roles": "customer"}))),
             Err(ValidationError::Malformed(_))
         ));
         let dup = br#"{"iss":"a","iss":"b"}"#;
-        assert!(matches!(
-            AccessTokenClaims::from_json(dup),
-            Err(ValidationError::Malformed(_))
-        ));
-        assert!(matches!(
-            AccessTokenClaims::from_json(b"[]"),
-            Err(ValidationError::Malformed(_))
-        ));
+        assert!(matches!(AccessTokenClaims::from_json(dup), Err(ValidationError::Malformed(_))));
+        assert!(matches!(AccessTokenClaims::from_json(b"[]"), Err(ValidationError::Malformed(_))));
     }
 }

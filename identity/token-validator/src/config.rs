@@ -31,15 +31,8 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every supported algorithm; the default allow-list.
-    pub const ALL: [Algorithm; 7] = [
-        Self::Rs256,
-        Self::Rs384,
-        Self::Rs512,
-        Self::Ps256,
-        Self::Es256,
-        Self::Es384,
-        Self::EdDsa,
-    ];
+    pub const ALL: [Algorithm; 7] =
+        [Self::Rs256, Self::Rs384, Self::Rs512, Self::Ps256, Self::Es256, Self::Es384, Self::EdDsa];
 
     /// The JOSE `alg` name.
     pub fn as_str(self) -> &'static str {
@@ -127,9 +120,6 @@ impl ValidatorConfig {
     /// The platform's settings: audience `booking-api`, `azp` must be `booking-web` when present,
     /// roles from the realm and the `booking-api` client.
     pub fn booking(issuer: impl Into<String>) -> Self {
-        Self {
-            allowed_azp: vec![BOOKING_WEB_CLIENT.to_owned()],
-            ..Self::new(issuer, BOOKING_API_AUDIENCE)
-        }
+        Self { allowed_azp: vec![BOOKING_WEB_CLIENT.to_owned()], ..Self::new(issuer, BOOKING_API_AUDIENCE) }
     }
 }

@@ -98,9 +98,7 @@ impl ValidationError {
     /// Diagnostic detail for logs; for token errors this is the `Display` text.
     pub fn detail(&self) -> String {
         match self {
-            Self::IssuerUnavailable { detail } | Self::IssuerMisconfigured { detail } => {
-                detail.clone()
-            }
+            Self::IssuerUnavailable { detail } | Self::IssuerMisconfigured { detail } => detail.clone(),
             Self::UnknownKey { kid: Some(kid) } => format!("unknown token signing key {kid:?}"),
             other => other.to_string(),
         }

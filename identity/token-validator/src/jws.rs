@@ -33,9 +33,7 @@ pub(crate) struct Jws<'a> {
 }
 
 fn b64(part: &str, what: &'static str) -> Result<Vec<u8>, ValidationError> {
-    URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| ValidationError::Malformed(what))
+    URL_SAFE_NO_PAD.decode(part).map_err(|_| ValidationError::Malformed(what))
 }
 
 /// Header media types an access token may carry: RFC 9068 `at+jwt`, or Keycloak's `JWT`.
@@ -56,15 +54,13 @@ pub(crate) fn parse<'a>(token: &'a str, allowed: &[Algorithm]) -> Result<Jws<'a>
     match parts.len() {
         3 => {}
         5 => {
-            return Err(ValidationError::Malformed(
-                "encrypted tokens are not supported",
-            ));
+            return Err(ValidationError::Malformed("encrypted tokens are not supported"));
         }
         _ => return Err(ValidationError::Malformed("not a compact JWS")),
     }
     let header_bytes = b64(parts[0], "invalid header encoding")?;
-    let header: RawHeader = serde_json::from_slice(&header_bytes)
-        .map_err(|_| ValidationError::Malformed("invalid header"))?;
+    let header: RawHeader =
+        serde_json::from_slice(&header_bytes).map_err(|_| ValidationError::Malformed("invalid header"))?;
 
     // The algorithm comes from our allow-list, never from the token: `none` and HS* (which would
     // let anyone holding the public key "sign" with it as an HMAC secret) are refused here.
@@ -87,13 +83,7 @@ pub(crate) fn parse<'a>(token: &'a str, allowed: &[Algorithm]) -> Result<Jws<'a>
     let payload = b64(parts[1], "invalid payload encoding")?;
     let signature = b64(parts[2], "invalid signature encoding")?;
     let signing_input_len = parts[0].len() + 1 + parts[1].len();
-    Ok(Jws {
-        alg,
-        kid: header.kid,
-        signing_input: &token.as_bytes()[..signing_input_len],
-        payload,
-        signature,
-    })
+    Ok(Jws { alg, kid: header.kid, signing_input: &token.as_bytes()[..signing_input_len], payload, signature })
 }
 
 #[cfg(test)]
@@ -120,9 +110,7 @@ mod tests {
 
     #[test]
     fn refuses_none_hmac_and_unlisted_algorithms() {
-        for alg in [
-            "none", "None", "HS256", "HS384", "HS512", "rs256", "ES512", "",
-        ] {
+        for alg in ["none", "None", "HS256", "HS384", "HS512", "rs256", "ES512", ""] {
             let t = token(&format!(r#"{{"alg":"{alg}"}}"#));
             assert_eq!(
                 parse(&t, &Algorithm::ALL).unwrap_err(),
@@ -131,32 +119,14 @@ mod tests {
             );
         }
         let t = token(r#"{"alg":"ES256"}"#);
-        assert!(matches!(
-            parse(&t, &[Algorithm::Rs256]),
-            Err(ValidationError::AlgorithmNotAllowed(_))
-        ));
+        assert!(matches!(parse(&t, &[Algorithm::Rs256]), Err(ValidationError::AlgorithmNotAllowed(_))));
     }
 
     #[test]
     fn refuses_structural_garbage() {
         let long = "a".repeat(MAX_TOKEN_BYTES + 1);
-        for bad in [
-            "",
-            "abc",
-            "a.b",
-            "a.b.c.d",
-            "....",
-            "!!.??.**",
-            "eyJhbGciOiJSUzI1NiJ9.e30=.c2ln",
-            long.as_str(),
-        ] {
-            assert!(
-                matches!(
-                    parse(bad, &Algorithm::ALL),
-                    Err(ValidationError::Malformed(_))
-                ),
-                "{bad:.40}"
-            );
+        for bad in ["", "abc", "a.b", "a.b.c.d", "....", "!!.??.**", "eyJhbGciOiJSUzI1NiJ9.e30=.c2ln", long.as_str()] {
+            assert!(matches!(parse(bad, &Algorithm::ALL), Err(ValidationError::Malformed(_))), "{bad:.40}");
         }
         let jwe = format!("{}.a.b.c.d", enc(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#));
         assert_eq!(
@@ -164,34 +134,22 @@ mod tests {
             ValidationError::Malformed("encrypted tokens are not supported")
         );
         let not_json = format!("{}.{}.{}", enc("nope"), enc("{}"), enc("s"));
-        assert!(matches!(
-            parse(&not_json, &Algorithm::ALL),
-            Err(ValidationError::Malformed(_))
-        ));
+        assert!(matches!(parse(&not_json, &Algorithm::ALL), Err(ValidationError::Malformed(_))));
     }
 
     #[test]
     fn refuses_crit_other_token_types_and_empty_signatures() {
         let t = token(r#"{"alg":"RS256","crit":["exp"],"exp":1}"#);
-        assert!(matches!(
-            parse(&t, &Algorithm::ALL),
-            Err(ValidationError::Malformed(_))
-        ));
+        assert!(matches!(parse(&t, &Algorithm::ALL), Err(ValidationError::Malformed(_))));
         for typ in ["logout+jwt", "dpop+jwt", "ID"] {
             let t = token(&format!(r#"{{"alg":"RS256","typ":"{typ}"}}"#));
-            assert_eq!(
-                parse(&t, &Algorithm::ALL).unwrap_err(),
-                ValidationError::NotAccessToken
-            );
+            assert_eq!(parse(&t, &Algorithm::ALL).unwrap_err(), ValidationError::NotAccessToken);
         }
         for typ in ["JWT", "at+jwt", "application/at+jwt", "AT+JWT"] {
             let t = token(&format!(r#"{{"alg":"RS256","typ":"{typ}"}}"#));
             assert!(parse(&t, &Algorithm::ALL).is_ok(), "{typ}");
         }
         let t = format!("{}.{}.", enc(r#"{"alg":"RS256"}"#), enc("{}"));
-        assert_eq!(
-            parse(&t, &Algorithm::ALL).unwrap_err(),
-            ValidationError::InvalidSignature
-        );
+        assert_eq!(parse(&t, &Algorithm::ALL).unwrap_err(), ValidationError::InvalidSignature);
     }
 }

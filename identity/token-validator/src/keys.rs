@@ -8,8 +8,8 @@ use openidconnect::http::{HeaderValue, Method, StatusCode};
 use openidconnect::reqwest;
 use openidconnect::url::Url;
 use openidconnect::{
-    AsyncHttpClient, DiscoveryError, HttpClientError, IssuerUrl, JsonWebKey, JsonWebKeyAlgorithm,
-    JsonWebKeySetUrl, JsonWebKeyUse, JwsSigningAlgorithm,
+    AsyncHttpClient, DiscoveryError, HttpClientError, IssuerUrl, JsonWebKey, JsonWebKeyAlgorithm, JsonWebKeySetUrl,
+    JsonWebKeyUse, JwsSigningAlgorithm,
 };
 
 use crate::config::Algorithm;
@@ -31,9 +31,7 @@ impl KeySnapshot {
     pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<&CoreJsonWebKey> {
         let keys = self.keys.keys().iter();
         match kid {
-            Some(kid) => keys
-                .filter(|k| k.key_id().is_some_and(|id| id.as_str() == kid))
-                .collect(),
+            Some(kid) => keys.filter(|k| k.key_id().is_some_and(|id| id.as_str() == kid)).collect(),
             None => keys.filter(|k| compatible(k, alg)).collect(),
         }
     }
@@ -54,18 +52,12 @@ type FetchError = DiscoveryError<HttpClientError<reqwest::Error>>;
 
 fn map_fetch_error(what: &str, err: FetchError) -> ValidationError {
     match err {
-        DiscoveryError::Request(e) => ValidationError::IssuerUnavailable {
-            detail: format!("{what}: {}", chain(&e)),
-        },
+        DiscoveryError::Request(e) => ValidationError::IssuerUnavailable { detail: format!("{what}: {}", chain(&e)) },
         // Non-200 answers are usually an issuer that is starting or being redeployed.
         DiscoveryError::Response(status, _, msg) if status != StatusCode::OK => {
-            ValidationError::IssuerUnavailable {
-                detail: format!("{what}: {msg}"),
-            }
+            ValidationError::IssuerUnavailable { detail: format!("{what}: {msg}") }
         }
-        other => ValidationError::IssuerMisconfigured {
-            detail: format!("{what}: {}", chain(&other)),
-        },
+        other => ValidationError::IssuerMisconfigured { detail: format!("{what}: {}", chain(&other)) },
     }
 }
 
@@ -92,12 +84,7 @@ impl Fetcher {
             .timeout(http_timeout)
             .build()
             .map_err(|e| ValidationError::Config(format!("http client: {}", chain(&e))))?;
-        Ok(Self {
-            http,
-            issuer,
-            discovery_base,
-            overall_timeout: http_timeout * 2 + Duration::from_millis(500),
-        })
+        Ok(Self { http, issuer, discovery_base, overall_timeout: http_timeout * 2 + Duration::from_millis(500) })
     }
 
     /// Discovery + JWKS, or only the JWKS when its URL is already known.
@@ -111,17 +98,11 @@ impl Fetcher {
                 None => self.discover().await,
             }
         };
-        tokio::time::timeout(self.overall_timeout, work)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ValidationError::IssuerUnavailable {
-                    detail: format!(
-                        "no answer from {} in {:?}",
-                        self.issuer.as_str(),
-                        self.overall_timeout
-                    ),
-                })
+        tokio::time::timeout(self.overall_timeout, work).await.unwrap_or_else(|_| {
+            Err(ValidationError::IssuerUnavailable {
+                detail: format!("no answer from {} in {:?}", self.issuer.as_str(), self.overall_timeout),
             })
+        })
     }
 
     async fn jwks(&self, uri: &JsonWebKeySetUrl) -> Result<CoreJsonWebKeySet, ValidationError> {
@@ -138,9 +119,7 @@ impl Fetcher {
                 return CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
                     .await
                     .map(|m| (m.jwks_uri().clone(), m.jwks().clone()))
-                    .map_err(|e| {
-                        map_fetch_error(&format!("discovery {}", self.issuer.as_str()), e)
-                    });
+                    .map_err(|e| map_fetch_error(&format!("discovery {}", self.issuer.as_str()), e));
             }
             Some(base) => self.discover_via(base).await?,
         };
@@ -151,10 +130,7 @@ impl Fetcher {
 
     /// Discovery from an internal URL while still requiring the public issuer in the document,
     /// the Keycloak setup with `KC_HOSTNAME_BACKCHANNEL_DYNAMIC=true`.
-    async fn discover_via(
-        &self,
-        base: &IssuerUrl,
-    ) -> Result<CoreProviderMetadata, ValidationError> {
+    async fn discover_via(&self, base: &IssuerUrl) -> Result<CoreProviderMetadata, ValidationError> {
         let url: Url = base
             .join(".well-known/openid-configuration")
             .map_err(|e| ValidationError::Config(format!("discovery url: {e}")))?;
@@ -165,22 +141,14 @@ impl Fetcher {
             .header(ACCEPT, HeaderValue::from_static("application/json"))
             .body(Vec::new())
             .map_err(|e| ValidationError::Config(format!("{what}: {e}")))?;
-        let response = self
-            .http
-            .call(request)
-            .await
-            .map_err(|e| map_fetch_error(&what, DiscoveryError::Request(e)))?;
+        let response = self.http.call(request).await.map_err(|e| map_fetch_error(&what, DiscoveryError::Request(e)))?;
         if response.status() != StatusCode::OK {
             return Err(ValidationError::IssuerUnavailable {
                 detail: format!("{what}: HTTP status code {}", response.status()),
             });
         }
-        let metadata: CoreProviderMetadata =
-            serde_json::from_slice(response.body()).map_err(|e| {
-                ValidationError::IssuerMisconfigured {
-                    detail: format!("{what}: {e}"),
-                }
-            })?;
+        let metadata: CoreProviderMetadata = serde_json::from_slice(response.body())
+            .map_err(|e| ValidationError::IssuerMisconfigured { detail: format!("{what}: {e}") })?;
         if metadata.issuer() != &self.issuer {
             return Err(ValidationError::IssuerMisconfigured {
                 detail: format!(
@@ -252,14 +220,8 @@ mod tests {
     #[test]
     fn parses_keycloak_shaped_discovery_document() {
         let meta: CoreProviderMetadata = serde_json::from_str(KEYCLOAK_DISCOVERY).unwrap();
-        assert_eq!(
-            meta.issuer().as_str(),
-            "https://id.example.com/realms/booking"
-        );
-        assert_eq!(
-            meta.jwks_uri().as_str(),
-            "https://id.example.com/realms/booking/protocol/openid-connect/certs"
-        );
+        assert_eq!(meta.issuer().as_str(), "https://id.example.com/realms/booking");
+        assert_eq!(meta.jwks_uri().as_str(), "https://id.example.com/realms/booking/protocol/openid-connect/certs");
     }
 
     #[test]
@@ -273,11 +235,7 @@ mod tests {
         };
         let by_kid = snapshot.candidates(Some("sig-1"), Algorithm::Rs256);
         assert_eq!(by_kid.len(), 1);
-        assert!(
-            snapshot
-                .candidates(Some("nope"), Algorithm::Rs256)
-                .is_empty()
-        );
+        assert!(snapshot.candidates(Some("nope"), Algorithm::Rs256).is_empty());
         // Without kid only compatible signing keys are candidates: not the RSA-OAEP key, and not
         // the RS256 key for an ES256 token.
         let no_kid = snapshot.candidates(None, Algorithm::Rs256);

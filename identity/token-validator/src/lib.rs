@@ -35,9 +35,7 @@ use openidconnect::{IssuerUrl, JsonWebKey};
 
 pub use crate::claims::Principal;
 pub use crate::config::{Algorithm, BOOKING_API_AUDIENCE, BOOKING_WEB_CLIENT, ValidatorConfig};
-pub use crate::error::{
-    RES_ACCESS_DENIED, RES_INTERNAL_ERROR, RES_ISSUER_UNAVAILABLE, ValidationError,
-};
+pub use crate::error::{RES_ACCESS_DENIED, RES_INTERNAL_ERROR, RES_ISSUER_UNAVAILABLE, ValidationError};
 
 use crate::keys::{Fetcher, KeySnapshot};
 
@@ -81,22 +79,17 @@ impl TokenValidator {
             .discovery_url
             .clone()
             .map(|u| {
-                IssuerUrl::new(u.clone())
-                    .map_err(|e| ValidationError::Config(format!("discovery_url {u:?}: {e}")))
+                IssuerUrl::new(u.clone()).map_err(|e| ValidationError::Config(format!("discovery_url {u:?}: {e}")))
             })
             .transpose()?;
         if config.audience.is_empty() {
             return Err(ValidationError::Config("audience must not be empty".into()));
         }
         if config.algorithms.is_empty() {
-            return Err(ValidationError::Config(
-                "no signature algorithm allowed".into(),
-            ));
+            return Err(ValidationError::Config("no signature algorithm allowed".into()));
         }
         if config.http_timeout.is_zero() {
-            return Err(ValidationError::Config(
-                "http_timeout must be positive".into(),
-            ));
+            return Err(ValidationError::Config("http_timeout must be positive".into()));
         }
         let fetcher = Fetcher::new(issuer, discovery_base, config.http_timeout)?;
         Ok(Self {
@@ -142,10 +135,8 @@ impl TokenValidator {
             return Err(ValidationError::UnknownKey { kid: jws.kid });
         }
         let alg = jws.alg.to_core();
-        let verified = candidates.iter().any(|key| {
-            key.verify_signature(&alg, jws.signing_input, &jws.signature)
-                .is_ok()
-        });
+        let verified =
+            candidates.iter().any(|key| key.verify_signature(&alg, jws.signing_input, &jws.signature).is_ok());
         if !verified {
             return Err(ValidationError::InvalidSignature);
         }
@@ -154,11 +145,7 @@ impl TokenValidator {
     }
 
     fn snapshot(&self) -> Option<Arc<KeySnapshot>> {
-        self.inner
-            .keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.keys.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     async fn current_keys(&self) -> Result<Arc<KeySnapshot>, ValidationError> {
@@ -195,9 +182,7 @@ impl TokenValidator {
             return match (&state.last_error, current) {
                 (Some(err), _) => Err(err.clone()),
                 (None, Some(cur)) => Ok(cur),
-                (None, None) => Err(ValidationError::IssuerUnavailable {
-                    detail: "no keys loaded yet".into(),
-                }),
+                (None, None) => Err(ValidationError::IssuerUnavailable { detail: "no keys loaded yet".into() }),
             };
         }
         state.last_attempt = Some(Instant::now());
@@ -217,11 +202,7 @@ impl TokenValidator {
                     generation = snapshot.generation,
                     "loaded issuer signing keys"
                 );
-                *self
-                    .inner
-                    .keys
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&snapshot));
+                *self.inner.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&snapshot));
                 state.last_error = None;
                 Ok(snapshot)
             }

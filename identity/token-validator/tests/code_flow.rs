@@ -24,11 +24,7 @@ impl Jar {
             let line = value.to_str().unwrap();
             let pair = line.split(';').next().unwrap();
             let (name, value) = pair.split_once('=').unwrap();
-            if value.is_empty()
-                || line
-                    .to_ascii_lowercase()
-                    .contains("expires=thu, 01 jan 1970")
-            {
+            if value.is_empty() || line.to_ascii_lowercase().contains("expires=thu, 01 jan 1970") {
                 self.0.remove(name);
             } else {
                 self.0.insert(name.to_owned(), value.to_owned());
@@ -37,31 +33,18 @@ impl Jar {
     }
 
     fn header(&self) -> String {
-        self.0
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        self.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 }
 
 async fn get(http: &reqwest::Client, jar: &mut Jar, url: &str) -> Response {
-    let res = http
-        .get(url)
-        .header("cookie", jar.header())
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(url).header("cookie", jar.header()).send().await.unwrap();
     jar.store(&res);
     res
 }
 
 fn location(res: &Response, base: &str) -> String {
-    assert!(
-        res.status().is_redirection(),
-        "expected redirect, got {}",
-        res.status()
-    );
+    assert!(res.status().is_redirection(), "expected redirect, got {}", res.status());
     let loc = res.headers()["location"].to_str().unwrap();
     Url::parse(base).unwrap().join(loc).unwrap().to_string()
 }
@@ -72,10 +55,7 @@ async fn token_from_authorization_code_flow_validates() {
     let http = &issuer.http;
     let mut jar = Jar::default();
 
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     let verifier = b64(Sha256::digest(format!("verifier-{nanos}")));
     let challenge = b64(Sha256::digest(&verifier));
     let auth = Url::parse_with_params(
@@ -100,11 +80,7 @@ async fn token_from_authorization_code_flow_validates() {
     for id in ["id=\"username\"", "id=\"password\"", "id=\"login\""] {
         assert!(html.contains(id), "login form lacks {id}");
     }
-    let action = html
-        .split("action=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("form action");
+    let action = html.split("action=\"").nth(1).and_then(|s| s.split('"').next()).expect("form action");
 
     // Submit credentials, follow the redirects back to the client.
     let res = http
@@ -122,11 +98,7 @@ async fn token_from_authorization_code_flow_validates() {
     }
     let callback = Url::parse(&next).unwrap();
     assert!(next.starts_with(REDIRECT_URI), "{next}");
-    let code = callback
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .expect("code");
+    let code = callback.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).expect("code");
 
     // Code exchange with the PKCE verifier.
     let res = http
@@ -146,10 +118,7 @@ async fn token_from_authorization_code_flow_validates() {
     let access = body["access_token"].as_str().unwrap();
 
     let v = TokenValidator::new(issuer.config()).unwrap();
-    let p = v
-        .validate(access)
-        .await
-        .expect("access token from the real flow");
+    let p = v.validate(access).await.expect("access token from the real flow");
     assert_eq!(p.preferred_username.as_deref(), Some("olivia"));
     assert!(p.has_role("operator") && p.has_role("customer") && p.has_role("schedule-admin"));
     assert!(p.session_id.is_some(), "flow tokens carry the session id");

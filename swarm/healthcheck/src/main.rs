@@ -18,9 +18,7 @@ struct Target<'a> {
 }
 
 fn parse_url(url: &str) -> Result<Target<'_>, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("only http:// URLs are supported: {url}"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("only http:// URLs are supported: {url}"))?;
     let (authority, path) = match rest.find('/') {
         Some(slash) => rest.split_at(slash),
         None => (rest, "/"),
@@ -51,21 +49,14 @@ fn probe(target: &Target<'_>) -> Result<u16, String> {
         .map_err(|err| format!("resolve {}: {err}", target.authority))?
         .next()
         .ok_or_else(|| format!("no address for {}", target.authority))?;
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
-        .map_err(|err| format!("connect {addr}: {err}"))?;
-    stream
-        .set_read_timeout(Some(TIMEOUT))
-        .map_err(|err| err.to_string())?;
-    stream
-        .set_write_timeout(Some(TIMEOUT))
-        .map_err(|err| err.to_string())?;
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|err| format!("connect {addr}: {err}"))?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(|err| err.to_string())?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(|err| err.to_string())?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: healthcheck\r\nConnection: close\r\n\r\n",
         target.path, target.authority
     );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|err| format!("write: {err}"))?;
+    stream.write_all(request.as_bytes()).map_err(|err| format!("write: {err}"))?;
     // The status line fits well within 512 bytes; the body is not needed.
     let mut head = [0_u8; 512];
     let mut filled = 0;
@@ -82,9 +73,7 @@ fn probe(target: &Target<'_>) -> Result<u16, String> {
 }
 
 fn main() -> ExitCode {
-    let url = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| DEFAULT_URL.to_owned());
+    let url = std::env::args().nth(1).unwrap_or_else(|| DEFAULT_URL.to_owned());
     let result = parse_url(&url).and_then(|target| probe(&target));
     match result {
         Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
@@ -108,10 +97,7 @@ mod tests {
     #[test]
     fn status_line_gives_code() {
         assert_eq!(parse_status_line("HTTP/1.1 200 OK"), Some(200));
-        assert_eq!(
-            parse_status_line("HTTP/1.0 503 Service Unavailable"),
-            Some(503)
-        );
+        assert_eq!(parse_status_line("HTTP/1.0 503 Service Unavailable"), Some(503));
         assert_eq!(parse_status_line("HTTP/1.1 204"), Some(204));
     }
 
@@ -127,21 +113,9 @@ mod tests {
     #[test]
     fn url_splits_into_authority_and_path() {
         let target = parse_url("http://127.0.0.1:9100/healthz").unwrap();
-        assert_eq!(
-            target,
-            Target {
-                authority: "127.0.0.1:9100",
-                path: "/healthz"
-            }
-        );
+        assert_eq!(target, Target { authority: "127.0.0.1:9100", path: "/healthz" });
         let bare = parse_url("http://localhost:8000").unwrap();
-        assert_eq!(
-            bare,
-            Target {
-                authority: "localhost:8000",
-                path: "/"
-            }
-        );
+        assert_eq!(bare, Target { authority: "localhost:8000", path: "/" });
     }
 
     #[test]
@@ -166,17 +140,11 @@ mod tests {
     #[test]
     fn probe_reads_status_from_a_real_socket() {
         let authority = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        let target = Target {
-            authority: &authority,
-            path: "/healthz",
-        };
+        let target = Target { authority: &authority, path: "/healthz" };
         assert_eq!(probe(&target), Ok(200));
 
         let authority = serve_once("HTTP/1.1 503 Service Unavailable\r\n\r\n");
-        let target = Target {
-            authority: &authority,
-            path: "/healthz",
-        };
+        let target = Target { authority: &authority, path: "/healthz" };
         assert_eq!(probe(&target), Ok(503));
     }
 
@@ -185,10 +153,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let authority = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let target = Target {
-            authority: &authority,
-            path: "/",
-        };
+        let target = Target { authority: &authority, path: "/" };
         assert!(probe(&target).is_err());
     }
 }

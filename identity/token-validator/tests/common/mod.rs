@@ -47,11 +47,7 @@ impl Issuer {
         let mut cmd = Command::new("node");
         cmd.arg(dir.join("bin/oidc-issuer.js"))
             .args(["--test-admin", "--host", "127.0.0.1"])
-            .args(if has_port {
-                &[][..]
-            } else {
-                &["--port", "0"][..]
-            })
+            .args(if has_port { &[][..] } else { &["--port", "0"][..] })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -72,9 +68,7 @@ impl Issuer {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
@@ -106,13 +100,7 @@ impl Issuer {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        Self {
-            issuer,
-            local,
-            http,
-            _child: child,
-            _stdout: lines,
-        }
+        Self { issuer, local, http, _child: child, _stdout: lines }
     }
 
     pub fn config(&self) -> ValidatorConfig {
@@ -132,28 +120,18 @@ impl Issuer {
         let res = req.send().await.expect("admin request");
         let status = res.status();
         let bytes = res.bytes().await.unwrap();
-        assert!(
-            status.is_success(),
-            "{path}: {status} {}",
-            String::from_utf8_lossy(&bytes)
-        );
+        assert!(status.is_success(), "{path}: {status} {}", String::from_utf8_lossy(&bytes));
         serde_json::from_slice(&bytes).unwrap()
     }
 
     /// Mints an access token through `POST /__test/token` (see the issuer README for options).
     pub async fn mint(&self, options: Value) -> String {
-        self.admin("POST", "token", Some(options)).await["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.admin("POST", "token", Some(options)).await["access_token"].as_str().unwrap().to_owned()
     }
 
     /// Rotates signing keys; returns the new current `kid`.
     pub async fn rotate(&self) -> String {
-        self.admin("POST", "rotate-keys", None).await["kid"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.admin("POST", "rotate-keys", None).await["kid"].as_str().unwrap().to_owned()
     }
 
     pub async fn stats(&self) -> Value {
@@ -166,10 +144,7 @@ impl Issuer {
 
     /// Published keys, each with its JWK members and `pem`.
     pub async fn public_keys(&self) -> Vec<Value> {
-        self.admin("GET", "keys", None).await["keys"]
-            .as_array()
-            .unwrap()
-            .clone()
+        self.admin("GET", "keys", None).await["keys"].as_array().unwrap().clone()
     }
 }
 
