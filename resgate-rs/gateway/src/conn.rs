@@ -383,6 +383,10 @@ impl Conn {
         let cached = self.subs.get(&key).and_then(|s| s.access.clone());
         let access_payload = cached.is_none().then(|| self.access_payload(&key));
         let subject = format!("call.{name}.{method}");
+        if !self.shared.nats.subject_fits(subject.len()) {
+            // Checked before the access request, which has a shorter subject.
+            return self.reply_error(id, &ResError::subject_too_long());
+        }
         let payload = self.request_fields(query, params).encode();
         let shared = self.shared.clone();
         let tx = self.tx.clone();
@@ -409,6 +413,9 @@ impl Conn {
         let key = self.key_of(rid);
         let (name, query) = res_protocol::rid::split_query(&key);
         let subject = format!("auth.{name}.{method}");
+        if !self.shared.nats.subject_fits(subject.len()) {
+            return self.reply_error(id, &ResError::subject_too_long());
+        }
         let payload = self.request_fields(query, params).encode_with(Some(&self.http));
         let shared = self.shared.clone();
         let tx = self.tx.clone();
