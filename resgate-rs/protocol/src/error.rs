@@ -106,6 +106,16 @@ predefined! {
     not_implemented => NOT_IMPLEMENTED, "Not implemented";
 }
 
+/// Deserializes an optional error object. Only a JSON object (or null) is an error object: serde
+/// would otherwise also read a struct from an array, which Go (and so Resgate) does not.
+pub fn de_error_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ResError>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)? {
+        None => Ok(None),
+        Some(map) => serde_json::from_value(serde_json::Value::Object(map)).map(Some).map_err(D::Error::custom),
+    }
+}
+
 impl fmt::Display for ResError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)
