@@ -22,3 +22,6 @@ pub mod seatmap;
 pub mod seed;
 
 pub use error::BookingError;
+
+#[cfg(feature = "testing")]
+pub mod testing;

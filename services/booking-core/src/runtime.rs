@@ -46,3 +46,11 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// The connections a service runs on.
+#[derive(Clone)]
+pub struct Deps {
+    pub nats: async_nats::Client,
+    pub db: deadpool_postgres::Pool,
+    pub redis: ConnectionManager,
+}
