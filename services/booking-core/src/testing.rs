@@ -47,7 +47,7 @@ impl Env {
         }
     }
 
-    /// Adds a departure tomorrow with one car of `rows` × 4 second-class seats (and its
+    /// Adds a departure in two days with one car of `rows` × 4 second-class seats (and its
     /// stations, layout and train) and returns its ID.
     pub async fn small_departure(&self, id: i64, rows: i32) -> i64 {
         let client = self.pool().get().await.expect("db");
@@ -59,11 +59,11 @@ impl Env {
                  INSERT INTO layouts (id, name) VALUES ('{layout}', 'test');
                  INSERT INTO trains (id, name, kind, layout_id) VALUES ('T-{id}', 'T {id}', 'RE', '{layout}');
                  INSERT INTO departures (id, train_id, service_date, origin_id, destination_id, departs_at, arrives_at, distance_km)
-                   VALUES ({id}, 'T-{id}', (now() + interval '1 day')::date, 'TA1', 'TB1', now() + interval '1 day',
-                           now() + interval '1 day 1 hour', 120);
+                   VALUES ({id}, 'T-{id}', (now() + interval '2 days')::date, 'TA1', 'TB1', now() + interval '2 days',
+                           now() + interval '2 days 1 hour', 120);
                  INSERT INTO departure_stops (departure_id, seq, station_id, arrives_at, departs_at, km) VALUES
-                   ({id}, 0, 'TA1', NULL, now() + interval '1 day', 0),
-                   ({id}, 1, 'TB1', now() + interval '1 day 1 hour', NULL, 120);"
+                   ({id}, 0, 'TA1', NULL, now() + interval '2 days', 0),
+                   ({id}, 1, 'TB1', now() + interval '2 days 1 hour', NULL, 120);"
             ))
             .await
             .expect("insert departure");
