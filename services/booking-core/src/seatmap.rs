@@ -11,8 +11,9 @@
 //! transition of a departure's seats runs under that departure's lock (see [`crate::lock`]),
 //! across all instances of seats and tickets. Inside the lock the instance performs the atomic
 //! transition (a Lua script, or a PostgreSQL statement), reads the resulting state, publishes the
-//! change events, and flushes its NATS connection before unlocking: the server has then routed
-//! the events, so the next holder's events arrive after them. Each transition is performed, and
+//! change events, and waits for a round trip to the NATS server on the same connection before
+//! unlocking ([`res_service::Events::flush`]): the server has then routed the events, so the next
+//! holder's events arrive after them. Each transition is performed, and
 //! so published, by exactly one instance: when two sweepers race on an expired hold, the script
 //! removes it once and only that instance publishes. Published values are the state read after
 //! the transition, so even a replay converges. If a holder finds on unlock that its lease
