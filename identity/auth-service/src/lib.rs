@@ -264,6 +264,11 @@ impl Auth {
         // is gone after one request.
         let track = !req.is_http() || is_websocket_upgrade(header);
         self.set_token(cid, &token, track).await?;
+        // Let the server ack the token event before the reply goes out. NATS already orders the
+        // two, but resgate-rs routes token events and replies through different tasks and reads
+        // the HTTP request's token right after the reply; the extra round trip gives the token
+        // event a head start (mitigation only, see the README).
+        let _ = self.client.flush().await;
         tracing::debug!(cid, sub = %token.sub, track, "header auth");
         CallResponse::result(&token).map_err(|e| ("error", e))
     }
