@@ -83,20 +83,12 @@ async fn refused_tokens_get_clear_errors_and_leave_the_token_unchanged() {
             "token issuer mismatch",
         ),
         ("wrong audience", issuer.mint(json!({ "aud": "account" })).await, "token audience mismatch"),
-        (
-            "wrong client",
-            issuer.mint(json!({ "azp": "other-client" })).await,
-            "token authorized party mismatch",
-        ),
+        ("wrong client", issuer.mint(json!({ "azp": "other-client" })).await, "token authorized party mismatch"),
         ("tampered signature", format!("{}.{}.{}", parts[0], parts[1], b64(&sig)), "invalid token signature"),
         ("escalated roles", escalated, "invalid token signature"),
         ("alg none", format!("{none_header}.{}.", parts[1]), "token algorithm not allowed: none"),
         ("HMAC with the public key", hmac_forged, "token algorithm not allowed: HS256"),
-        (
-            "unknown kid",
-            issuer.mint(json!({ "unpublished_key": true })).await,
-            "unknown token signing key",
-        ),
+        ("unknown kid", issuer.mint(json!({ "unpublished_key": true })).await, "unknown token signing key"),
         ("garbage", "not-a-jwt".to_owned(), "malformed token: not a compact JWS"),
         ("empty", String::new(), "malformed token"),
     ];

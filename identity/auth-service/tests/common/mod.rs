@@ -254,10 +254,8 @@ impl Client {
     pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Client {
         let mut req = url.into_client_request().unwrap();
         for (k, v) in headers {
-            req.headers_mut().insert(
-                http_name(k),
-                tokio_tungstenite::tungstenite::http::HeaderValue::from_str(v).unwrap(),
-            );
+            req.headers_mut()
+                .insert(http_name(k), tokio_tungstenite::tungstenite::http::HeaderValue::from_str(v).unwrap());
         }
         let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connects");
         let mut c = Client { ws, next_id: 1, events: VecDeque::new() };
