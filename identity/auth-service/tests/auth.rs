@@ -327,3 +327,41 @@ async fn ws_header_auth_sets_the_token_at_upgrade_and_expires_it() {
     assert_eq!(err_code(&c.ping().await), "system.accessDenied");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_keep_one_expiry_per_connection() {
+    let issuer = Issuer::start().await;
+    let env = Env::start(settings(&issuer.url)).await;
+    // A second instance in the same queue group, on its own NATS connection.
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let second = identity_auth::IdentityAuth::start(client, settings(&issuer.url), &mut registry).await.unwrap();
+    let tracked = || (env.tracked(), second.tracked_connections());
+
+    let mut c = env.ws().await;
+    c.login(&issuer.mint(json!({ "username": "alice", "ttl": 2 })).await).await;
+    // Whichever instance answered, the other learnt the deadline from the token event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tracked() != (1, 1) {
+        assert!(tokio::time::Instant::now() < deadline, "both instances track the connection: {:?}", tracked());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Refreshed several times, so both instances are likely to have answered one of them: no
+    // instance may clear the refreshed token at the first token's expiry.
+    for _ in 0..4 {
+        let r = c.login(&issuer.mint(json!({ "username": "bob", "ttl": 300 })).await).await;
+        assert_eq!(r["result"]["payload"]["sub"], BOB, "{r}");
+    }
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(c.whoami().await["sub"], BOB);
+    assert_eq!(tracked(), (1, 1));
+
+    c.request("auth.identity.session.logout", None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tracked() != (0, 0) {
+        assert!(tokio::time::Instant::now() < deadline, "logout cancels the expiry everywhere: {:?}", tracked());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.shutdown().await;
+    env.stop().await;
+}
