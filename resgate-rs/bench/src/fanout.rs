@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Args, Debug, Clone)]
@@ -118,7 +118,8 @@ struct Rig {
     subs: Vec<u64>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    _go: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
     next_seq: u64,
     connected: usize,
     connect: ConnectResult,
@@ -211,28 +212,6 @@ impl Rig {
         let rss_before = ctx.gateway.as_ref().and_then(Proc::rss_bytes);
         let watch_gw = ctx.gateway.as_ref().and_then(ProcWatch::start);
         let timeout = secs(ctx.common.connect_timeout, "--connect-timeout", 600.0)?;
-        let opened = ws::open_many(&ctx.target, n, &rids, ctx.common.connect_parallel, timeout).await;
-        let connect = ConnectResult {
-            requested: a.clients,
-            connected: opened.clients.len(),
-            failed: opened.failed,
-            first_error: opened.first_error.clone(),
-            seconds: opened.elapsed.as_secs_f64(),
-            per_second: opened.clients.len() as f64 / opened.elapsed.as_secs_f64().max(1e-9),
-            gateway: watch_gw.map(ProcWatch::finish),
-            gateway_rss_before_bytes: rss_before,
-        };
-        if let Some(e) = &opened.first_error {
-            ctx.warnings.push(format!("{} of {n} clients failed to connect; first: {e}", opened.failed));
-        }
-        if opened.clients.is_empty() {
-            service.shutdown().await;
-            bail!("no client connected to {}", ctx.target.ws_url());
-        }
-        let mut subs = vec![0u64; a.resources];
-        for (i, _) in &opened.clients {
-            subs[i % a.resources] += 1;
-        }
         let shared = Arc::new(Shared {
             hist: ShardedHistogram::new(32),
             counts: (0..n).map(|_| ClientCount::default()).collect(),
@@ -241,18 +220,44 @@ impl Rig {
             closed: AtomicU64::new(0),
         });
         let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let connected = opened.clients.len();
-        for (i, w) in opened.clients {
-            tasks.spawn(receive(w, i, shared.clone(), stop_rx.clone()));
+        let (go, go_rx) = watch::channel(false);
+        let run = {
+            let shared = shared.clone();
+            move |i: usize, w: Ws| receive(w, i, shared.clone(), stop_rx.clone())
+        };
+        let opened =
+            ws::open_many(&ctx.shards, &ctx.target, n, &rids, ctx.common.connect_parallel, timeout, go_rx, run).await;
+        let connected = opened.connected.len();
+        let connect = ConnectResult {
+            requested: a.clients,
+            connected,
+            failed: opened.failed,
+            first_error: opened.first_error.clone(),
+            seconds: opened.elapsed.as_secs_f64(),
+            per_second: connected as f64 / opened.elapsed.as_secs_f64().max(1e-9),
+            gateway: watch_gw.map(ProcWatch::finish),
+            gateway_rss_before_bytes: rss_before,
+        };
+        if let Some(e) = &opened.first_error {
+            ctx.warnings.push(format!("{} of {n} clients failed to connect; first: {e}", opened.failed));
         }
+        if connected == 0 {
+            service.shutdown().await;
+            bail!("no client connected to {}", ctx.target.ws_url());
+        }
+        let mut subs = vec![0u64; a.resources];
+        for i in &opened.connected {
+            subs[i % a.resources] += 1;
+        }
+        let _ = go.send(true);
         Ok(Rig {
             subjects: Service::event_subjects(&ctx.common.service, a.resources),
             service,
             subs,
             shared,
             stop,
-            tasks,
+            _go: go,
+            tasks: opened.tasks,
             next_seq: 1,
             connected,
             connect,
@@ -339,11 +344,11 @@ impl Rig {
 
     async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let joined =
-            tokio::time::timeout(Duration::from_secs(10), async { while self.tasks.join_next().await.is_some() {} })
-                .await;
-        if joined.is_err() {
-            self.tasks.abort_all();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for t in &mut self.tasks {
+            if tokio::time::timeout_at(deadline, &mut *t).await.is_err() {
+                t.abort();
+            }
         }
         self.service.shutdown().await;
     }
@@ -406,7 +411,7 @@ struct FanoutOut<'a> {
     step: &'a StepResult,
 }
 
-pub async fn run_fanout(mut ctx: Ctx, a: FanoutArgs) -> Result<Report> {
+pub async fn run_fanout(mut ctx: Ctx, a: FanoutArgs) -> Result<(Report, ws::Shards)> {
     let duration = secs(a.duration, "--duration", 3600.0)?;
     let drain = secs(a.clients.drain_timeout, "--drain-timeout", 600.0)?;
     if !(a.rate > 0.0 && a.rate <= 10_000_000.0) {
@@ -430,7 +435,7 @@ pub async fn run_fanout(mut ctx: Ctx, a: FanoutArgs) -> Result<Report> {
     r.row("connect", format!("{:.2} s ({})", connect.seconds, per_sec(connect.per_second)));
     step_rows(&mut r, &s);
     tool_vs_gateway(&mut r, &s);
-    Ok(finish_report(r, &ctx))
+    Ok(finish_report(r, ctx))
 }
 
 #[derive(Serialize)]
@@ -442,7 +447,7 @@ struct SaturateOut<'a> {
     steps: &'a [StepResult],
 }
 
-pub async fn run_saturate(mut ctx: Ctx, a: SaturateArgs) -> Result<Report> {
+pub async fn run_saturate(mut ctx: Ctx, a: SaturateArgs) -> Result<(Report, ws::Shards)> {
     let step_time = secs(a.step_duration, "--step-duration", 600.0)?;
     let drain = secs(a.clients.drain_timeout, "--drain-timeout", 600.0)?;
     if !(a.start_rate > 0.0 && a.factor > 1.0 && a.max_rate >= a.start_rate && a.max_rate <= 10_000_000.0) {
@@ -562,7 +567,7 @@ pub async fn run_saturate(mut ctx: Ctx, a: SaturateArgs) -> Result<Report> {
     if fail.is_none() && best.is_some() {
         r.warnings.push("the highest rate tried still passed: raise --max-rate or --max-steps".into());
     }
-    Ok(finish_report(r, &ctx))
+    Ok(finish_report(r, ctx))
 }
 
 #[derive(Serialize)]
@@ -576,7 +581,7 @@ struct ConnectionsOut<'a> {
     alive_check: &'a StepResult,
 }
 
-pub async fn run_connections(mut ctx: Ctx, a: ConnectionsArgs) -> Result<Report> {
+pub async fn run_connections(mut ctx: Ctx, a: ConnectionsArgs) -> Result<(Report, ws::Shards)> {
     let settle = secs(a.settle, "--settle", 600.0)?;
     let drain = secs(a.clients.drain_timeout, "--drain-timeout", 600.0)?;
     let mut rig = Rig::start(&mut ctx, &a.clients).await?;
@@ -628,7 +633,7 @@ pub async fn run_connections(mut ctx: Ctx, a: ConnectionsArgs) -> Result<Report>
     if alive.lost > 0 {
         r.warnings.push(format!("{} open connections did not receive the alive-check event", alive.lost));
     }
-    Ok(finish_report(r, &ctx))
+    Ok(finish_report(r, ctx))
 }
 
 #[cfg(test)]

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 
 #[derive(Args, Debug)]
 pub struct HttpArgs {
@@ -131,7 +130,7 @@ struct HttpOut {
     service_get_requests: u64,
 }
 
-pub async fn run(mut ctx: Ctx, a: HttpArgs) -> Result<Report> {
+pub async fn run(mut ctx: Ctx, a: HttpArgs) -> Result<(Report, ws::Shards)> {
     let duration = secs(a.duration, "--duration", 3600.0)?;
     let warmup = if a.warmup > 0.0 { secs(a.warmup, "--warmup", 600.0)? } else { Duration::ZERO };
     let timeout = secs(a.request_timeout, "--request-timeout", 600.0)?;
@@ -152,10 +151,8 @@ pub async fn run(mut ctx: Ctx, a: HttpArgs) -> Result<Report> {
     });
     let hist = Arc::new(ShardedHistogram::new(16));
     let counts = Arc::new(Counts::default());
-    let mut tasks = JoinSet::new();
-    for i in 0..n {
-        tasks.spawn(client(i, job.clone(), hist.clone(), counts.clone()));
-    }
+    let tasks: Vec<_> =
+        (0..n).map(|i| ctx.shards.handle(i).spawn(client(i, job.clone(), hist.clone(), counts.clone()))).collect();
     tokio::time::sleep(warmup).await;
     let me = Proc::this();
     let tool0 = me.cpu_seconds().unwrap_or(0.0);
@@ -165,11 +162,11 @@ pub async fn run(mut ctx: Ctx, a: HttpArgs) -> Result<Report> {
     let gateway = gw.map(ProcWatch::finish);
     let tool_cpu = me.cpu_seconds().unwrap_or(0.0) - tool0;
     let (access1, get1) = (service.counters.access.load(Relaxed), service.counters.get.load(Relaxed));
-    if tokio::time::timeout(timeout + Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        tasks.abort_all();
+    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(2);
+    for mut t in tasks {
+        if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+            t.abort();
+        }
     }
     ws::close(holder).await;
     service.shutdown().await;
@@ -214,5 +211,5 @@ pub async fn run(mut ctx: Ctx, a: HttpArgs) -> Result<Report> {
     if ok == 0 {
         r.warnings.push(format!("no 200 response from {}", out.path));
     }
-    Ok(finish_report(r, &ctx))
+    Ok(finish_report(r, ctx))
 }

@@ -54,8 +54,9 @@ pub struct Common {
     /// Service name: resources are `<service>.item.<i>`.
     #[arg(long, global = true, default_value = "bench")]
     pub service: String,
-    /// Tokio worker threads of the tool.
-    #[arg(long, global = true, default_value_t = 2)]
+    /// Client threads of the tool (each a single-threaded runtime owning a share of the clients;
+    /// the NATS service and publisher run on one more thread).
+    #[arg(long, global = true, default_value_t = 1)]
     pub threads: usize,
     /// First loopback source address of client sockets (127.0.0.<n>); 0 lets the kernel choose.
     #[arg(long, global = true, default_value_t = 2)]
@@ -96,6 +97,7 @@ pub struct Ctx {
     pub nats: Option<stats::Proc>,
     pub fd_limit: u64,
     pub warnings: Vec<String>,
+    pub shards: ws::Shards,
 }
 
 /// File descriptors the tool keeps for itself (NATS, stdio, runtime, HTTP holders).
@@ -153,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
         nats: cli.common.nats_pid.map(stats::Proc::pid),
         fd_limit,
         warnings: Vec::new(),
+        shards: ws::Shards::new(cli.common.threads)?,
         common: cli.common,
     };
     if let Some(g) = &ctx.gateway
@@ -161,13 +164,9 @@ fn run(cli: Cli) -> Result<()> {
         bail!("cannot read /proc for --gateway-pid {:?}", ctx.common.gateway_pid);
     }
     stats::now_ns(); // start the clock
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(ctx.common.threads.max(1))
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     let json = ctx.common.json;
-    let report = rt.block_on(async move {
+    let (report, shards) = rt.block_on(async move {
         match cli.cmd {
             Cmd::Fanout(a) => fanout::run_fanout(ctx, a).await,
             Cmd::Saturate(a) => fanout::run_saturate(ctx, a).await,
@@ -176,6 +175,7 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Http(a) => http::run(ctx, a).await,
         }
     })?;
+    shards.shutdown();
     rt.shutdown_timeout(Duration::from_secs(2));
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -193,8 +193,8 @@ pub fn secs(v: f64, what: &str, max: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-/// Common bookkeeping for a report: tool and gateway costs.
-pub fn finish_report(mut r: Report, ctx: &Ctx) -> Report {
-    r.warnings.extend(ctx.warnings.iter().cloned());
-    r
+/// Hands a report back with the run's warnings, and the client runtimes to shut down.
+pub fn finish_report(mut r: Report, ctx: Ctx) -> (Report, ws::Shards) {
+    r.warnings.extend(ctx.warnings);
+    (r, ctx.shards)
 }

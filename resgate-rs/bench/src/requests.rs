@@ -15,9 +15,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Debug, Clone, Copy, ValueEnum, Serialize, PartialEq, Eq)]
@@ -160,7 +161,7 @@ struct RequestsOut {
     service_answered: BTreeMap<&'static str, u64>,
 }
 
-pub async fn run(mut ctx: Ctx, a: RequestsArgs) -> Result<Report> {
+pub async fn run(mut ctx: Ctx, a: RequestsArgs) -> Result<(Report, ws::Shards)> {
     let duration = secs(a.duration, "--duration", 3600.0)?;
     let drain = secs(a.drain_timeout, "--drain-timeout", 600.0)?;
     let warmup = if a.warmup > 0.0 { secs(a.warmup, "--warmup", 600.0)? } else { Duration::ZERO };
@@ -171,35 +172,40 @@ pub async fn run(mut ctx: Ctx, a: RequestsArgs) -> Result<Report> {
     let service = Service::start(&ctx.common.nats, &ctx.common.service, a.resources).await?;
     let rids: Vec<String> = (0..a.resources).map(|i| rid(&ctx.common.service, i)).collect();
     let timeout = secs(ctx.common.connect_timeout, "--connect-timeout", 600.0)?;
-    let opened = ws::open_many(&ctx.target, n, &rids, ctx.common.connect_parallel, timeout).await;
+    let hist = Arc::new(ShardedHistogram::new(16));
+    let counts = Arc::new(Counts::default());
+    let window: Arc<OnceLock<Window>> = Arc::new(OnceLock::new());
+    let (go, go_rx) = watch::channel(false);
+    let run = {
+        let (hist, counts, window, rids) = (hist.clone(), counts.clone(), window.clone(), rids.clone());
+        let (op, per_client) = (a.op, a.window);
+        move |i: usize, ws: Ws| {
+            let (method, params) = match op {
+                Op::Get => (format!("get.{}", rids[i % rids.len()]), None),
+                Op::Call => (format!("call.{}.ping", rids[i % rids.len()]), Some("{}")),
+            };
+            let w = *window.get().expect("window set before go");
+            pump(ws, Pump { idx: i, method, params, window: per_client, w, hist: hist.clone(), counts: counts.clone() })
+        }
+    };
+    let opened =
+        ws::open_many(&ctx.shards, &ctx.target, n, &rids, ctx.common.connect_parallel, timeout, go_rx, run).await;
     if let Some(e) = &opened.first_error {
         ctx.warnings.push(format!("{} of {n} clients failed to connect; first: {e}", opened.failed));
     }
-    if opened.clients.is_empty() {
+    let connected = opened.connected.len();
+    if connected == 0 {
         service.shutdown().await;
         bail!("no client connected to {}", ctx.target.ws_url());
     }
-    let connected = opened.clients.len();
-    let hist = Arc::new(ShardedHistogram::new(16));
-    let counts = Arc::new(Counts::default());
     let t0 = now_ns();
     let w = Window {
         start: t0 + warmup.as_nanos() as u64,
         end: t0 + (warmup + duration).as_nanos() as u64,
         drain_end: t0 + (warmup + duration + drain).as_nanos() as u64,
     };
-    let (method_of, params): (fn(&str) -> String, Option<&'static str>) = match a.op {
-        Op::Get => (|r| format!("get.{r}"), None),
-        Op::Call => (|r| format!("call.{r}.ping"), Some("{}")),
-    };
-    let mut tasks = JoinSet::new();
-    for (i, w_s) in opened.clients {
-        let method = method_of(&rids[i % rids.len()]);
-        tasks.spawn(pump(
-            w_s,
-            Pump { idx: i, method, params, window: a.window, w, hist: hist.clone(), counts: counts.clone() },
-        ));
-    }
+    window.set(w).map_err(|_| anyhow::anyhow!("window set twice"))?;
+    let _ = go.send(true);
     // Measure the gateway and the tool over the window only.
     tokio::time::sleep(warmup).await;
     let me = Proc::this();
@@ -208,12 +214,16 @@ pub async fn run(mut ctx: Ctx, a: RequestsArgs) -> Result<Report> {
     tokio::time::sleep(Duration::from_nanos(w.end.saturating_sub(now_ns()))).await;
     let gateway = gw.map(ProcWatch::finish);
     let tool_cpu = me.cpu_seconds().unwrap_or(0.0) - tool0;
-    let all_done =
-        tokio::time::timeout(drain + Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} })
-            .await;
-    if all_done.is_err() {
-        tasks.abort_all();
-        ctx.warnings.push("some clients did not finish within the drain time; aborted".into());
+    let deadline = tokio::time::Instant::now() + drain + Duration::from_secs(5);
+    let mut aborted = 0;
+    for mut t in opened.tasks {
+        if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+            t.abort();
+            aborted += 1;
+        }
+    }
+    if aborted > 0 {
+        ctx.warnings.push(format!("{aborted} clients did not finish within the drain time; aborted"));
     }
     let counters = service.counters.clone();
     service.shutdown().await;
@@ -275,7 +285,7 @@ pub async fn run(mut ctx: Ctx, a: RequestsArgs) -> Result<Report> {
     {
         r.warnings.push(format!("the tool spent more CPU per request ({t:.2} µs) than the gateway ({g:.2} µs)"));
     }
-    Ok(finish_report(r, &ctx))
+    Ok(finish_report(r, ctx))
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -76,45 +78,130 @@ pub async fn subscribed(target: &Target, i: usize, rid: &str) -> Result<Ws> {
     Ok(ws)
 }
 
+/// Client runtimes: one single-threaded tokio runtime per OS thread. A client connects, and then
+/// runs, on the runtime of its shard, so its socket's readiness and its task stay on one thread
+/// (no work stealing, no cross-thread wakeups: far cheaper per message than a multi-thread pool).
+pub struct Shards {
+    handles: Vec<Handle>,
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Shards {
+    pub fn new(count: usize) -> Result<Shards> {
+        let mut s = Shards { handles: Vec::new(), stops: Vec::new(), threads: Vec::new() };
+        for k in 0..count.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("client runtime")?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            s.handles.push(rt.handle().clone());
+            s.stops.push(stop);
+            s.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("resbench-clients-{k}"))
+                    .spawn(move || {
+                        rt.block_on(async {
+                            let _ = stopped.await;
+                        });
+                        rt.shutdown_timeout(Duration::from_secs(1));
+                    })
+                    .context("spawn client thread")?,
+            );
+        }
+        Ok(s)
+    }
+
+    /// The runtime of client `i`.
+    pub fn handle(&self, i: usize) -> &Handle {
+        &self.handles[i % self.handles.len()]
+    }
+
+    /// Stops the runtimes (tasks still running there are dropped) and joins their threads.
+    pub fn shutdown(self) {
+        for s in self.stops {
+            let _ = s.send(());
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The outcome of opening many subscribed clients.
 pub struct Opened {
-    pub clients: Vec<(usize, Ws)>,
+    /// Indices of the clients that connected and subscribed, ascending.
+    pub connected: Vec<usize>,
     pub failed: usize,
     pub first_error: Option<String>,
     pub elapsed: Duration,
+    /// The client tasks (connected ones run `run` once `go` turns true).
+    pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// Opens `n` subscribed clients (client `i` on `rids[i % rids.len()]`), at most `parallel` handshakes
-/// at a time, each bounded by `timeout`.
-pub async fn open_many(target: &Target, n: usize, rids: &[String], parallel: usize, timeout: Duration) -> Opened {
+/// Opens `n` subscribed clients on their shards (client `i` on `rids[i % rids.len()]`), at most
+/// `parallel` handshakes at a time, each bounded by `timeout`. Each connected client then waits
+/// for `go` and runs `run(i, ws)` on its shard; a client whose `go` sender is dropped closes.
+#[allow(clippy::too_many_arguments)]
+pub async fn open_many<F, Fut>(
+    shards: &Shards,
+    target: &Target,
+    n: usize,
+    rids: &[String],
+    parallel: usize,
+    timeout: Duration,
+    go: watch::Receiver<bool>,
+    run: F,
+) -> Opened
+where
+    F: Fn(usize, Ws) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let start = Instant::now();
     let gate = Arc::new(Semaphore::new(parallel.max(1)));
-    let mut set = tokio::task::JoinSet::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Result<(), String>)>();
+    let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let (target, rid, gate) = (target.clone(), rids[i % rids.len()].clone(), gate.clone());
-        set.spawn(async move {
-            let _permit = gate.acquire_owned().await.expect("semaphore open");
-            let r = tokio::time::timeout(timeout, subscribed(&target, i, &rid)).await;
-            (i, r.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {timeout:?}"))))
-        });
-    }
-    let mut clients = Vec::with_capacity(n);
-    let (mut failed, mut first_error) = (0, None);
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((i, Ok(ws))) => clients.push((i, ws)),
-            Ok((i, Err(e))) => {
-                failed += 1;
-                first_error.get_or_insert_with(|| format!("client {i}: {e:#}"));
+        let (target, rid, gate, done, run, mut go) =
+            (target.clone(), rids[i % rids.len()].clone(), gate.clone(), done_tx.clone(), run.clone(), go.clone());
+        tasks.push(shards.handle(i).spawn(async move {
+            let permit = gate.acquire_owned().await.expect("semaphore open");
+            let r = tokio::time::timeout(timeout, subscribed(&target, i, &rid))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {timeout:?}")));
+            drop(permit);
+            match r {
+                Ok(ws) => {
+                    let _ = done.send((i, Ok(())));
+                    drop(done);
+                    if go.wait_for(|g| *g).await.is_ok() {
+                        run(i, ws).await;
+                    } else {
+                        close(ws).await;
+                    }
+                }
+                Err(e) => {
+                    let _ = done.send((i, Err(format!("{e:#}"))));
+                }
             }
-            Err(e) => {
+        }));
+    }
+    drop(done_tx);
+    let mut connected = Vec::with_capacity(n);
+    let (mut failed, mut first_error) = (0, None);
+    for _ in 0..n {
+        match done_rx.recv().await {
+            Some((i, Ok(()))) => connected.push(i),
+            Some((i, Err(e))) => {
                 failed += 1;
-                first_error.get_or_insert_with(|| format!("task: {e}"));
+                first_error.get_or_insert_with(|| format!("client {i}: {e}"));
+            }
+            None => {
+                failed += 1;
+                first_error.get_or_insert_with(|| "client task ended without a result".to_owned());
             }
         }
     }
-    clients.sort_by_key(|(i, _)| *i);
-    Opened { clients, failed, first_error, elapsed: start.elapsed() }
+    connected.sort_unstable();
+    Opened { connected, failed, first_error, elapsed: start.elapsed(), tasks }
 }
 
 /// Closes a client politely (close frame, bounded wait); the socket drops either way.
