@@ -61,8 +61,17 @@ pub fn parse_change_stamp(frame: &[u8]) -> Option<Stamp> {
     Some(Stamp { t_ns, seq })
 }
 
+/// The index just past the first occurrence of `needle` (non-empty) in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle).map(|p| p + needle.len())
+    let mut from = 0;
+    while let Some(p) = hay[from..].iter().position(|&b| b == needle[0]) {
+        let at = from + p;
+        if hay[at..].starts_with(needle) {
+            return Some(at + needle.len());
+        }
+        from = at + 1;
+    }
+    None
 }
 
 fn number_after(frame: &[u8], key: &[u8]) -> Option<u64> {
@@ -132,6 +141,14 @@ mod tests {
         assert_eq!(parse_change_stamp(br#"{"event":"a.b.custom","data":{"t":1,"seq":2}}"#), None);
         assert_eq!(parse_change_stamp(br#"{"result":{"models":{"a":{"t":1,"seq":2}}},"id":2}"#), None);
         assert_eq!(parse_change_stamp(br#"{"event":"a.change","data":{"values":{"t":-1,"seq":2}}}"#), None);
+    }
+
+    #[test]
+    fn substring_search() {
+        assert_eq!(find(b"abcabd", b"abd"), Some(6));
+        assert_eq!(find(b"aaab", b"ab"), Some(4));
+        assert_eq!(find(b"ab", b"abc"), None);
+        assert_eq!(find(b"", b"a"), None);
     }
 
     #[test]
