@@ -14,6 +14,8 @@
 #   RESGATE_RS_BIN  resgate-rs binary [$CARGO_TARGET_DIR/release/resgate-rs, built here]
 #   ROUNDS [3]  OUT [/tmp/resbench-<time>]  SCENARIOS [fanout1k fanout10k saturate connections get call http]
 #   CONNECTIONS [10000]  FANOUT_RATE_1K [50]  FANOUT_RATE_10K [30]  DURATION [10]
+#   QUIET_LOAD [0.5]  QUIET_WAIT [0]: before each run, wait up to QUIET_WAIT seconds for the
+#                     1-minute load average to drop below QUIET_LOAD (the run goes ahead anyway)
 # The machine has few cores: numbers taken while other work runs are noisy. The summary records
 # the load average seen before each run; prefer CPU-per-message and RSS metrics to raw rates.
 set -euo pipefail
@@ -27,6 +29,8 @@ FANOUT_RATE_1K=${FANOUT_RATE_1K:-50}
 FANOUT_RATE_10K=${FANOUT_RATE_10K:-30}
 DURATION=${DURATION:-10}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+QUIET_LOAD=${QUIET_LOAD:-0.5}
+QUIET_WAIT=${QUIET_WAIT:-0}
 
 # Raise the fd limit for the gateways and the tool (the hard limit cannot be raised here).
 ulimit -n "$(ulimit -Hn)"
@@ -108,6 +112,10 @@ for round in $(seq 1 "$ROUNDS"); do
       dir=$OUT/$g/$round; mkdir -p "$dir"
       start_servers "${GATEWAYS[$g]}" "$dir"
       read -r -a args <<<"$(scenario_args "$s")"
+      for _ in $(seq 1 "$QUIET_WAIT"); do
+        awk -v q="$QUIET_LOAD" '{exit !($1 < q)}' /proc/loadavg && break
+        sleep 1
+      done
       load=$(cut -d' ' -f1-3 /proc/loadavg)
       echo "==> round $round $g $s (load $load): resbench ${args[*]}"
       echo "$load" >"$dir/$s.load"
