@@ -21,6 +21,78 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+summarize() {
+python3 - "$1" <<'EOF'
+import json, statistics, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+METRICS = {
+    "fanout1k": [("deliveries/s", "step.deliveries_per_second"), ("lost", "step.lost"),
+                 ("p50 ms", "step.latency.p50_us", 1e-3), ("p99 ms", "step.latency.p99_us", 1e-3),
+                 ("p99.9 ms", "step.latency.p999_us", 1e-3), ("gateway CPU µs/delivery", "step.gateway_cpu_us_per_delivery"),
+                 ("gateway peak RSS MiB", "step.gateway.peak_rss_bytes", 1 / 2**20),
+                 ("tool CPU µs/delivery", "step.tool_cpu_us_per_delivery")],
+    "saturate": [("max events/s (no loss, p99<100ms)", "best.target_rate"),
+                 ("max deliveries/s", "best.deliveries_per_second"), ("p99 ms at max", "best.latency.p99_us", 1e-3),
+                 ("gateway CPU µs/delivery at max", "best.gateway_cpu_us_per_delivery")],
+    "connections": [("connections open", "connect.connected"), ("connect/s", "connect.per_second"),
+                    ("gateway RSS KiB/connection", "gateway_rss_per_connection_bytes", 1 / 1024),
+                    ("gateway CPU µs/connection", "gateway_cpu_us_per_connection"), ("alive-check lost", "alive_check.lost")],
+    "get": [("req/s", "ok_per_second"), ("p50 ms", "latency.p50_us", 1e-3), ("p99 ms", "latency.p99_us", 1e-3),
+            ("errors", "@errors"), ("gateway CPU µs/request", "gateway_cpu_us_per_request")],
+    "http": [("req/s", "ok_per_second"), ("p50 ms", "latency.p50_us", 1e-3), ("p99 ms", "latency.p99_us", 1e-3),
+             ("gateway CPU µs/request", "gateway_cpu_us_per_request")],
+}
+METRICS["fanout10k"] = METRICS["fanout1k"]
+METRICS["call"] = METRICS["get"]
+
+def get(doc, path):
+    if path == "@errors":
+        return sum(doc["errors"].values())
+    for k in path.split("."):
+        if doc is None:
+            return None
+        doc = doc.get(k)
+    return doc
+
+gateways = sorted(p.name for p in out.iterdir() if p.is_dir())
+print(f"\nmedians over rounds ({out})\n")
+for g in gateways:
+    loads = [float(f.read_text().split()[0]) for f in (out / g).glob("*/*.load")]
+    if loads:
+        print(f"{g}: 1-minute load average before its runs: min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}")
+print()
+for scenario, metrics in METRICS.items():
+    vals = {}
+    for g in gateways:
+        for f in sorted((out / g).glob(f"*/{scenario}.json")):
+            doc = json.loads(f.read_text())["result"]
+            for m in metrics:
+                v = get(doc, m[1])
+                if v is not None:
+                    vals.setdefault((g, m[0]), []).append(v * (m[2] if len(m) > 2 else 1))
+    if not vals:
+        continue
+    print(f"### {scenario}\n")
+    print("| metric | " + " | ".join(gateways) + (" | resgate-rs / resgate |" if len(gateways) == 2 else " |"))
+    print("|---|" + "---|" * (len(gateways) + (1 if len(gateways) == 2 else 0)))
+    for m in metrics:
+        meds = [statistics.median(vals[(g, m[0])]) if (g, m[0]) in vals else None for g in gateways]
+        cells = ["n/a" if v is None else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" for v in meds]
+        if len(gateways) == 2:
+            by = dict(zip(gateways, meds))
+            a, b = by.get("resgate"), by.get("resgate-rs")
+            cells.append(f"{b / a:.2f}" if a and b is not None else "n/a")
+        print(f"| {m[0]} | " + " | ".join(cells) + " |")
+    print()
+EOF
+}
+
+# `scripts/bench.sh --summary DIR` prints the medians of an earlier run again.
+if [[ ${1:-} == --summary ]]; then
+  summarize "$2"
+  exit
+fi
+
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-/tmp/resbench-$(date -u +%Y%m%dT%H%M%S)}
 SCENARIOS=${SCENARIOS:-"fanout1k fanout10k saturate connections get call http"}
@@ -127,61 +199,4 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" <<'EOF'
-import json, statistics, sys, pathlib
-out = pathlib.Path(sys.argv[1])
-METRICS = {
-    "fanout1k": [("deliveries/s", "step.deliveries_per_second"), ("lost", "step.lost"),
-                 ("p50 ms", "step.latency.p50_us", 1e-3), ("p99 ms", "step.latency.p99_us", 1e-3),
-                 ("p99.9 ms", "step.latency.p999_us", 1e-3), ("gateway CPU µs/delivery", "step.gateway_cpu_us_per_delivery"),
-                 ("gateway peak RSS MiB", "step.gateway.peak_rss_bytes", 1 / 2**20),
-                 ("tool CPU µs/delivery", "step.tool_cpu_us_per_delivery")],
-    "saturate": [("max events/s (no loss, p99<100ms)", "best.target_rate"),
-                 ("max deliveries/s", "best.deliveries_per_second"), ("p99 ms at max", "best.latency.p99_us", 1e-3),
-                 ("gateway CPU µs/delivery at max", "best.gateway_cpu_us_per_delivery")],
-    "connections": [("connections open", "connect.connected"), ("connect/s", "connect.per_second"),
-                    ("gateway RSS KiB/connection", "gateway_rss_per_connection_bytes", 1 / 1024),
-                    ("gateway CPU µs/connection", "gateway_cpu_us_per_connection"), ("alive-check lost", "alive_check.lost")],
-    "get": [("req/s", "ok_per_second"), ("p50 ms", "latency.p50_us", 1e-3), ("p99 ms", "latency.p99_us", 1e-3),
-            ("errors", "@errors"), ("gateway CPU µs/request", "gateway_cpu_us_per_request")],
-    "http": [("req/s", "ok_per_second"), ("p50 ms", "latency.p50_us", 1e-3), ("p99 ms", "latency.p99_us", 1e-3),
-             ("gateway CPU µs/request", "gateway_cpu_us_per_request")],
-}
-METRICS["fanout10k"] = METRICS["fanout1k"]
-METRICS["call"] = METRICS["get"]
-
-def get(doc, path):
-    if path == "@errors":
-        return sum(doc["errors"].values())
-    for k in path.split("."):
-        if doc is None:
-            return None
-        doc = doc.get(k)
-    return doc
-
-gateways = sorted(p.name for p in out.iterdir() if p.is_dir())
-print(f"\nmedians over rounds ({out})\n")
-for scenario, metrics in METRICS.items():
-    vals = {}
-    for g in gateways:
-        for f in sorted((out / g).glob(f"*/{scenario}.json")):
-            doc = json.loads(f.read_text())["result"]
-            for m in metrics:
-                v = get(doc, m[1])
-                if v is not None:
-                    vals.setdefault((g, m[0]), []).append(v * (m[2] if len(m) > 2 else 1))
-    if not vals:
-        continue
-    print(f"### {scenario}\n")
-    print("| metric | " + " | ".join(gateways) + (" | resgate-rs / resgate |" if len(gateways) == 2 else " |"))
-    print("|---|" + "---|" * (len(gateways) + (1 if len(gateways) == 2 else 0)))
-    for m in metrics:
-        meds = [statistics.median(vals[(g, m[0])]) if (g, m[0]) in vals else None for g in gateways]
-        cells = ["n/a" if v is None else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" for v in meds]
-        if len(gateways) == 2:
-            by = dict(zip(gateways, meds))
-            a, b = by.get("resgate"), by.get("resgate-rs")
-            cells.append(f"{b / a:.2f}" if a and b is not None else "n/a")
-        print(f"| {m[0]} | " + " | ".join(cells) + " |")
-    print()
-EOF
+summarize "$OUT"
