@@ -12,7 +12,7 @@
 # Environment (defaults in brackets):
 #   RESGATE_BIN     Resgate binary [unset: skip Resgate]
 #   RESGATE_RS_BIN  resgate-rs binary [$CARGO_TARGET_DIR/release/resgate-rs, built here]
-#   ROUNDS [3]  OUT [/tmp/resbench-<time>]  SCENARIOS [fanout1k fanout10k saturate connections get call http]
+#   ROUNDS [3]  OUT [/tmp/resbench-<time>]  SCENARIOS [fanout1k fanout10k saturate saturate10k connections get call http]
 #   CONNECTIONS [10000]  FANOUT_RATE_1K [50]  FANOUT_RATE_10K [30]  DURATION [10]
 #   QUIET_LOAD [0.5]  QUIET_WAIT [0]: before each run, wait up to QUIET_WAIT seconds for the
 #                     1-minute load average to drop below QUIET_LOAD (the run goes ahead anyway)
@@ -43,6 +43,7 @@ METRICS = {
              ("gateway CPU µs/request", "gateway_cpu_us_per_request")],
 }
 METRICS["fanout10k"] = METRICS["fanout1k"]
+METRICS["saturate10k"] = METRICS["saturate"]
 METRICS["call"] = METRICS["get"]
 
 def get(doc, path):
@@ -95,7 +96,7 @@ fi
 
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-/tmp/resbench-$(date -u +%Y%m%dT%H%M%S)}
-SCENARIOS=${SCENARIOS:-"fanout1k fanout10k saturate connections get call http"}
+SCENARIOS=${SCENARIOS:-"fanout1k fanout10k saturate saturate10k connections get call http"}
 CONNECTIONS=${CONNECTIONS:-10000}
 FANOUT_RATE_1K=${FANOUT_RATE_1K:-50}
 FANOUT_RATE_10K=${FANOUT_RATE_10K:-30}
@@ -162,6 +163,7 @@ scenario_args() {
     fanout1k) echo "fanout -n 1000 -r 1 --rate $FANOUT_RATE_1K --duration $DURATION" ;;
     fanout10k) echo "fanout -n 10000 -r 10 --rate $FANOUT_RATE_10K --duration $DURATION" ;;
     saturate) echo "saturate -n 1000 -r 1 --start-rate 20 --factor 1.5 --max-rate 2000 --step-duration 5 --refine 3" ;;
+    saturate10k) echo "saturate -n 10000 -r 10 --start-rate 10 --factor 1.5 --max-rate 1000 --step-duration 5 --refine 3" ;;
     connections) echo "connections -n $CONNECTIONS -r 10 --settle 3" ;;
     get) echo "requests --op get -c 50 -w 8 -r 10 --duration $DURATION" ;;
     call) echo "requests --op call -c 50 -w 8 -r 10 --duration $DURATION" ;;
