@@ -35,6 +35,8 @@ pub mod code {
 /// allocation on the hot path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResError {
+    /// A service error without a code is passed on with an empty code, as Resgate does.
+    #[serde(default)]
     pub code: Cow<'static, str>,
     #[serde(default)]
     pub message: Cow<'static, str>,
