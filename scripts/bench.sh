@@ -108,24 +108,25 @@ QUIET_WAIT=${QUIET_WAIT:-0}
 # Raise the fd limit for the gateways and the tool (the hard limit cannot be raised here).
 ulimit -n "$(ulimit -Hn)"
 
-echo "==> building resbench (release)"
-cargo build --release -p resbench --quiet
-RESBENCH=$TARGET/release/resbench
-
+# One cargo invocation for both binaries: building them separately would unify dependency
+# features differently and compile the shared dependencies twice.
 declare -A GATEWAYS=()
 if [[ -n "${RESGATE_BIN:-}" ]]; then
   [[ -x $RESGATE_BIN ]] || { echo "RESGATE_BIN=$RESGATE_BIN is not an executable" >&2; exit 1; }
   GATEWAYS[resgate]=$RESGATE_BIN
 fi
+packages=(-p resbench)
 if [[ -n "${RESGATE_RS_BIN:-}" ]]; then
   GATEWAYS[resgate-rs]=$RESGATE_RS_BIN
 elif cargo metadata --format-version 1 --no-deps | grep -q '"name":"resgate-rs"'; then
-  echo "==> building resgate-rs (release)"
-  cargo build --release -p resgate-rs --quiet
+  packages+=(-p resgate-rs)
   GATEWAYS[resgate-rs]=$TARGET/release/resgate-rs
 else
   echo "note: the workspace has no resgate-rs package yet: measuring Resgate only"
 fi
+echo "==> cargo build --release ${packages[*]}"
+cargo build --release "${packages[@]}" --quiet
+RESBENCH=$TARGET/release/resbench
 [[ ${#GATEWAYS[@]} -gt 0 ]] || { echo "no gateway to measure: set RESGATE_BIN or add resgate-rs" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
