@@ -63,7 +63,6 @@ fn resbench(nats: &NatsServer, gw: &Gateway, args: &[&str]) -> Value {
 }
 
 #[test]
-#[ignore = "needs the resgate-rs gateway binary; run with --ignored"]
 fn tiny_scenarios_against_the_gateway() {
     let nats = NatsServer::start();
     let gw = start_gateway(&nats);
