@@ -246,6 +246,38 @@ impl Service {
         self.expect_within(subject, WAIT).await
     }
 
+    /// The first request whose subject satisfies `pred` (e.g. a subject carrying a cid).
+    pub async fn expect_where(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> ServiceRequest {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.drain();
+            if let Some(i) = self.pending.iter().position(|r| pred(&r.subject)) {
+                return self.pending.remove(i).unwrap();
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(r)) => self.pending.push_back(r),
+                Ok(None) => panic!("service channel closed"),
+                Err(_) => panic!("expected a NATS request ({what}); received instead: {:?}", self.pending),
+            }
+        }
+    }
+
+    /// Waits until `n` requests are queued, then returns them all (in arrival order).
+    pub async fn expect_n(&mut self, n: usize) -> Vec<ServiceRequest> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.drain();
+            if self.pending.len() >= n {
+                return self.pending.drain(..n).collect();
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(r)) => self.pending.push_back(r),
+                Ok(None) => panic!("service channel closed"),
+                Err(_) => panic!("expected {n} NATS requests; received: {:?}", self.pending),
+            }
+        }
+    }
+
     pub async fn expect_within(&mut self, subject: &str, wait: Duration) -> ServiceRequest {
         let deadline = Instant::now() + wait;
         loop {
