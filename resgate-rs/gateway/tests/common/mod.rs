@@ -609,6 +609,11 @@ impl Response {
         self.error()["code"].as_str().unwrap_or_else(|| panic!("error without string code: {}", self.0)).to_owned()
     }
 
+    /// Either; for requests whose outcome the test does not care about.
+    pub fn result_or_error(&self) -> Value {
+        self.0.get("result").or(self.0.get("error")).cloned().unwrap_or(Value::Null)
+    }
+
     pub fn assert_result(&self, expected: Value) {
         assert_eq!(self.result(), expected, "response {}", self.0);
     }
