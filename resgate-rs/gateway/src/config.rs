@@ -24,7 +24,9 @@ impl std::str::FromStr for ApiEncoding {
         match s.to_ascii_lowercase().as_str() {
             "json" => Ok(ApiEncoding::Json),
             "jsonflat" => Ok(ApiEncoding::JsonFlat),
-            _ => Err(ConfigError::Invalid(format!("invalid apiEncoding setting ({s}) - must be either 'json' or 'jsonflat'"))),
+            _ => Err(ConfigError::Invalid(format!(
+                "invalid apiEncoding setting ({s}) - must be either 'json' or 'jsonflat'"
+            ))),
         }
     }
 }
@@ -175,7 +177,10 @@ impl Config {
     pub fn prepare(&mut self) -> Result<(), ConfigError> {
         if self.request_timeout <= 10 {
             // Resgate's deprecated seconds form.
-            tracing::warn!(value = self.request_timeout, "requestTimeout <= 10 is read as seconds (deprecated); use milliseconds");
+            tracing::warn!(
+                value = self.request_timeout,
+                "requestTimeout <= 10 is read as seconds (deprecated); use milliseconds"
+            );
             self.request_timeout *= 1000;
         }
         if !self.ws_path.starts_with('/') {
@@ -196,7 +201,9 @@ impl Config {
             }
         }
         if self.allow_origin.len() > 1 && self.allow_origin.iter().any(|o| o == "*") {
-            return Err(ConfigError::Invalid("invalid allowOrigin setting: '*' cannot be combined with origins".into()));
+            return Err(ConfigError::Invalid(
+                "invalid allowOrigin setting: '*' cannot be combined with origins".into(),
+            ));
         }
         if self.tls && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err(ConfigError::Invalid("missing TLS certificate or key file (--tlscert, --tlskey)".into()));
@@ -208,9 +215,16 @@ impl Config {
             return Err(ConfigError::Invalid(format!("metricsPort must not be the same as port ({})", self.port)));
         }
         if self.addr.parse::<std::net::IpAddr>().is_err() && !self.addr.is_empty() {
-            return Err(ConfigError::Invalid(format!("invalid addr setting ({}) - must be a valid IPv4 or IPv6 address", self.addr)));
+            return Err(ConfigError::Invalid(format!(
+                "invalid addr setting ({}) - must be a valid IPv4 or IPv6 address",
+                self.addr
+            )));
         }
-        for (name, m) in [("putMethod", &self.put_method), ("deleteMethod", &self.delete_method), ("patchMethod", &self.patch_method)] {
+        for (name, m) in [
+            ("putMethod", &self.put_method),
+            ("deleteMethod", &self.delete_method),
+            ("patchMethod", &self.patch_method),
+        ] {
             if let Some(m) = m
                 && !res_protocol::is_valid_rid_part(m)
             {
@@ -219,7 +233,9 @@ impl Config {
         }
         for (name, a) in [("headerAuth", &self.header_auth), ("wsHeaderAuth", &self.ws_header_auth)] {
             if let Some(a) = a
-                && (a.rsplit_once('.').is_none_or(|(rid, m)| !res_protocol::is_valid_rid(rid) || !res_protocol::is_valid_rid_part(m)))
+                && (a
+                    .rsplit_once('.')
+                    .is_none_or(|(rid, m)| !res_protocol::is_valid_rid(rid) || !res_protocol::is_valid_rid_part(m)))
             {
                 return Err(ConfigError::Invalid(format!("invalid {name} setting ({a})")));
             }
@@ -238,7 +254,11 @@ fn valid_origin(o: &str) -> bool {
 
 /// Command-line flags, named as Resgate's. Each also reads a `RESGATE_*` environment variable.
 #[derive(Debug, Parser)]
-#[command(name = "resgate-rs", about = "A RES gateway: WebSocket and HTTP clients, NATS services", disable_version_flag = true)]
+#[command(
+    name = "resgate-rs",
+    about = "A RES gateway: WebSocket and HTTP clients, NATS services",
+    disable_version_flag = true
+)]
 pub struct Cli {
     /// NATS Server URL
     #[arg(short = 'n', long = "nats", env = "RESGATE_NATS_URL", value_name = "URL")]
@@ -418,8 +438,26 @@ mod tests {
 
     #[test]
     fn flags_override() {
-        let c = cli(&["-n", "nats://x:1", "-p", "9000", "-w", "ws", "-a", "/rest", "-r", "5", "-m", "9100",
-                      "--alloworigin", "http://a.com;https://b.com", "--apiencoding", "JSONFLAT", "-D"]).unwrap();
+        let c = cli(&[
+            "-n",
+            "nats://x:1",
+            "-p",
+            "9000",
+            "-w",
+            "ws",
+            "-a",
+            "/rest",
+            "-r",
+            "5",
+            "-m",
+            "9100",
+            "--alloworigin",
+            "http://a.com;https://b.com",
+            "--apiencoding",
+            "JSONFLAT",
+            "-D",
+        ])
+        .unwrap();
         assert_eq!(c.nats_url, "nats://x:1");
         assert_eq!(c.port, 9000);
         assert_eq!(c.ws_path, "/ws");
@@ -449,7 +487,11 @@ mod tests {
         let c = cli(&["-c", path.to_str().unwrap()]).unwrap();
         assert_eq!(c.port, 8080);
         assert!(path.exists(), "missing config file is created with defaults");
-        std::fs::write(&path, r#"{"port":7000,"natsUrl":"nats://f:2","allowOrigin":"http://x.org","certFile":"c.pem","metricsPort":0}"#).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"port":7000,"natsUrl":"nats://f:2","allowOrigin":"http://x.org","certFile":"c.pem","metricsPort":0}"#,
+        )
+        .unwrap();
         let c = cli(&["-c", path.to_str().unwrap(), "-n", "nats://flag:3"]).unwrap();
         assert_eq!(c.port, 7000);
         assert_eq!(c.nats_url, "nats://flag:3");
