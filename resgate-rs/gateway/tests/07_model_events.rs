@@ -136,9 +136,12 @@ async fn change_adding_a_reference_carries_the_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_to_an_already_sent_reference_carries_nothing_extra() {
     let mut env = TestEnv::start().await;
-    let mut c = subscribed(&mut env, "test.model", json!({"a": {"rid": "test.child"}})).await;
+    let mut c = env.client().await;
+    let id = c.send("subscribe.test.model", json!(null)).await;
+    env.service.serve_model("test.model", json!({"a": {"rid": "test.child"}})).await;
     env.service.expect("get.test.child").await.respond_model(json!({"n": 1})).await;
-    // subscribe's response had test.child; the helper consumed it. A second reference to it:
+    c.response(id).await.assert_result(json!({"models": {"test.model": {"a": {"rid": "test.child"}}, "test.child": {"n": 1}}}));
+    // A second reference to a resource the client already has:
     env.service.publish_event("test.model", "change", json!({"values": {"b": {"rid": "test.child"}}})).await;
     assert_eq!(c.expect_event("test.model.change").await, json!({"values": {"b": {"rid": "test.child"}}}));
 }
