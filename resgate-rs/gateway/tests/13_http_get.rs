@@ -37,11 +37,11 @@ async fn get_model_as_json() {
 async fn get_with_query_and_escaped_parts() {
     let mut env = TestEnv::start().await;
     let addr = env.addr();
-    let h = tokio::spawn(async move { http_request(addr, "GET", "/api/test/my%20model/x?q=1&b=2", &[], b"").await });
-    let a = env.service.expect("access.test.my model.x").await;
+    let h = tokio::spawn(async move { http_request(addr, "GET", "/api/test/my%2Dmodel/x?q=1&b=2", &[], b"").await });
+    let a = env.service.expect("access.test.my-model.x").await;
     assert_eq!(a.payload_json()["query"], json!("q=1&b=2"));
     a.respond_access(true, None).await;
-    let g = env.service.expect("get.test.my model.x").await;
+    let g = env.service.expect("get.test.my-model.x").await;
     assert_eq!(g.payload_json(), json!({"query": "q=1&b=2"}));
     g.respond_result(json!({"collection": [1, 2], "query": "b=2&q=1"})).await;
     let r = h.await.unwrap();
@@ -143,7 +143,7 @@ async fn error_status_mapping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_paths_are_not_found_without_nats_requests() {
     let mut env = TestEnv::start().await;
-    for path in ["/api/", "/api/test/model/", "/api/test//model", "/api/test.model", "/api/test/mo%2Adel", "/api/test/*/x"] {
+    for path in ["/api/test/my%20model", "/api/", "/api/test/model/", "/api/test//model", "/api/test.model", "/api/test/mo%2Adel", "/api/test/*/x"] {
         let r = env.http("GET", path, &[], b"").await;
         assert_eq!(r.status, 404, "{path}: {}", r.text());
         assert_eq!(r.json(), err("system.notFound", "Not found"), "{path}");
