@@ -53,15 +53,26 @@ async fn malformed_methods_are_invalid_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn method_that_is_not_a_string_is_invalid() {
+async fn null_or_missing_method_is_invalid_request_with_id() {
+    // Resgate decodes a null/missing method as "" and answers invalidRequest to that id.
     let mut env = TestEnv::start().await;
     let mut c = env.client().await;
-    for frame in [r#"{"id":77,"method":42}"#, r#"{"id":78,"method":null}"#, r#"{"id":79}"#] {
-        c.send_text(frame).await;
+    c.send_text(r#"{"id":78,"method":null}"#).await;
+    c.send_text(r#"{"id":79}"#).await;
+    for id in [78, 79] {
+        assert_eq!(c.response(id).await.error(), err("system.invalidRequest", "Invalid request"), "id {id}");
     }
-    for id in [77, 78, 79] {
-        c.response(id).await.assert_error("system.invalidRequest");
-    }
+    env.service.assert_no_request(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_request_gets_an_error_frame_without_id() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    c.send_text(r#"{"id":77,"method":42}"#).await;
+    let e = c.expect_idless().await;
+    assert_eq!(e["error"]["code"], json!("system.invalidRequest"), "{e}");
+    c.request("version", json!(null)).await.result();
     env.service.assert_no_request(QUIET).await;
 }
 

@@ -534,6 +534,20 @@ impl WsClient {
         }
     }
 
+    /// The next message that is neither a response with an id nor an event (an error frame
+    /// for a malformed request).
+    pub async fn expect_idless(&mut self) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(i) = self.queue.iter().position(|v| v.get("id").is_none() && v.get("event").is_none()) {
+                return self.queue.remove(i).unwrap();
+            }
+            if !self.pump(deadline).await {
+                panic!("expected an error frame without id; received: {:?}; closed: {:?}", self.queue, self.closed);
+            }
+        }
+    }
+
     /// The next event, whole (`{"event":..,"data":..}`).
     pub async fn next_event(&mut self) -> Value {
         let deadline = Instant::now() + WAIT;
