@@ -333,6 +333,16 @@ impl Service {
         self.publish_raw(&format!("event.{rid}.{event}"), serde_json::to_vec(&payload).unwrap()).await
     }
 
+    /// Publishes without flushing (for bursts); call `flush` after.
+    pub async fn publish_event_noflush(&self, rid: &str, event: &str, payload: &Value) {
+        let subject = format!("event.{rid}.{event}");
+        self.client.publish(subject, serde_json::to_vec(payload).unwrap().into()).await.expect("publish");
+    }
+
+    pub async fn flush(&self) {
+        self.client.flush().await.expect("flush");
+    }
+
     pub async fn publish_json(&self, subject: &str, payload: Value) {
         self.publish_raw(subject, serde_json::to_vec(&payload).unwrap()).await
     }
