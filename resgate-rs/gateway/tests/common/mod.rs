@@ -412,6 +412,27 @@ pub async fn ws_connect_raw(url: &str, headers: &[(&str, &str)]) -> Result<WebSo
     Ok(ws)
 }
 
+/// Opens a WebSocket and returns the handshake response too (status and headers of the 101).
+pub async fn ws_connect_with_response(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(WsClient, http::Response<Option<Vec<u8>>>), WsError> {
+    let mut req = url.into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::header::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let host = req.uri().host().unwrap().to_owned();
+    let port = req.uri().port_u16().unwrap();
+    let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(WsError::Io)?;
+    let (ws, resp) = timeout(WAIT, client_async_with_config(req, tcp, None))
+        .await
+        .map_err(|_| WsError::Io(std::io::Error::other("WebSocket handshake timed out")))??;
+    Ok((WsClient::from_stream(ws), resp))
+}
+
 impl WsClient {
     pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<WsClient, WsError> {
         let ws = ws_connect_raw(url, headers).await?;
