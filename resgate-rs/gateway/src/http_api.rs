@@ -67,17 +67,18 @@ pub fn rid_to_path(api_path: &str, rid: &str) -> String {
     format!("{api_path}{escaped}")
 }
 
-/// The resource ID for a path below the API prefix, with the URL query as RES query.
+/// The resource ID for a path below the API prefix, with the URL query as RES query. Like
+/// Resgate, a literal `.` in the raw path is refused (an escaped one is a part character); unlike
+/// Resgate, the result must be a valid resource ID, since anything else would not be a valid NATS
+/// subject.
 fn path_to_rid(rest: &str, query: Option<&str>) -> Option<String> {
-    if rest.is_empty() {
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains('.') {
         return None;
     }
     let mut rid = String::with_capacity(rest.len() + 8);
     for (i, part) in rest.split('/').enumerate() {
         let part = percent_decode_str(part).decode_utf8().ok()?;
-        if part.is_empty() || part.contains('.') {
-            return None;
-        }
         if i > 0 {
             rid.push('.');
         }
@@ -302,10 +303,14 @@ async fn serve(req: Request<Incoming>, remote: SocketAddr, shared: &Shared, meth
     let Some(rid) = path_to_rid(rid_path, query.as_deref()) else {
         return error_response(shared, &ResError::not_found(), None);
     };
-    if let Some(m) = &call_method
-        && !res_protocol::is_valid_rid_part(m)
-    {
-        return error_response(shared, &ResError::not_found(), None);
+    if let Some(m) = &call_method {
+        if !res_protocol::is_valid_rid_part(m) {
+            return error_response(shared, &ResError::not_found(), None);
+        }
+        let (name, _) = res_protocol::rid::split_query(&rid);
+        if !shared.nats.subject_fits("call.".len() + name.len() + 1 + m.len()) {
+            return error_response(shared, &ResError::subject_too_long(), None);
+        }
     }
     let params = match &call_method {
         None => None,
@@ -512,6 +517,7 @@ mod tests {
         assert_eq!(path_to_rid("a/b", Some("x=1")).as_deref(), Some("a.b?x=1"));
         assert_eq!(path_to_rid("a/b%20c", None), None);
         assert_eq!(path_to_rid("a.b", None), None);
+        assert_eq!(path_to_rid("a/b%2Ec", None).as_deref(), Some("a.b.c"));
         assert_eq!(path_to_rid("a//b", None), None);
         assert_eq!(path_to_rid("a/", None), None);
         assert_eq!(path_to_rid("", None), None);

@@ -174,6 +174,10 @@ where
 
 async fn route(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
     let path = req.uri().path();
+    if !path.starts_with('/') {
+        // e.g. `OPTIONS * HTTP/1.1`: not a resource path.
+        return simple(StatusCode::BAD_REQUEST, "400 Bad Request\n");
+    }
     if path == shared.config.ws_path {
         return ws_upgrade(req, remote, shared).await;
     }
