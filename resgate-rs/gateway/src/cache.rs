@@ -651,7 +651,7 @@ impl Cache {
             .cloned()
             .collect();
         let mut seen = HashSet::new();
-        let targets: Vec<Arc<Entry>> = targets.into_iter().filter(|e| seen.insert(Arc::as_ptr(e))).collect();
+        let targets: Vec<Arc<Entry>> = targets.into_iter().filter(|e| seen.insert(Arc::as_ptr(e) as usize)).collect();
         let throttle =
             Arc::new(Semaphore::new(if self.0.reset_throttle > 0 { self.0.reset_throttle } else { 1 << 20 }));
         let refreshes = targets.into_iter().map(|e| {

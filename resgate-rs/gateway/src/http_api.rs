@@ -182,13 +182,13 @@ pub async fn handle(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
         _ => "OTHER",
     };
     let origin = req.headers().get(header::ORIGIN).cloned();
-    if !shared.origin_allowed(origin.as_ref()) {
-        let mut r = error_response(&shared, &ResError::forbidden_origin(), None);
-        cors(&shared, r.headers_mut(), None);
-        return r;
-    }
+    let allowed = shared.origin_allowed(origin.as_ref());
+    // As Resgate: preflights always answer 200 with the CORS headers; other requests from a
+    // forbidden origin get 403.
     let mut resp = if method == Method::OPTIONS {
         preflight(&shared, &req)
+    } else if !allowed {
+        error_response(&shared, &ResError::forbidden_origin(), None)
     } else {
         if label != "OTHER" {
             shared.metrics.http_requests.get_or_create(&crate::metrics::MethodLabel { method: label }).inc();
@@ -202,22 +202,28 @@ pub async fn handle(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
             .observe(started.elapsed().as_secs_f64());
         r
     };
-    cors(&shared, resp.headers_mut(), origin.as_ref());
+    cors(&shared, resp.headers_mut(), origin.as_ref(), allowed);
     if method == Method::HEAD {
         *resp.body_mut() = Full::new(Bytes::new());
     }
     resp
 }
 
-fn cors(shared: &Shared, h: &mut HeaderMap, origin: Option<&HeaderValue>) {
-    if shared.config.allow_origin.iter().any(|o| o == "*") {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    } else if let Some(o) = origin.filter(|o| o.as_bytes() != b"null") {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
-    }
+fn cors(shared: &Shared, h: &mut HeaderMap, origin: Option<&HeaderValue>, allowed: bool) {
+    let allow = &shared.config.allow_origin;
     if shared.config.header_auth.is_some() {
         h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+    if allow.iter().any(|o| o == "*") {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        return;
+    }
+    let Some(o) = origin.filter(|o| o.as_bytes() != b"null") else { return };
+    // A forbidden origin is told the first allowed one, as Resgate does.
+    let value = if allowed { Some(o.clone()) } else { allow.first().and_then(|a| HeaderValue::from_str(a).ok()) };
+    if let Some(v) = value {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
 }
 
