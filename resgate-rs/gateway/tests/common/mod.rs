@@ -262,6 +262,15 @@ impl Service {
         }
     }
 
+    /// The next request on any subject, or `None` after `wait`.
+    pub async fn next_request(&mut self, wait: Duration) -> Option<ServiceRequest> {
+        self.drain();
+        if let Some(r) = self.pending.pop_front() {
+            return Some(r);
+        }
+        timeout(wait, self.rx.recv()).await.ok().flatten()
+    }
+
     /// Waits until `n` requests are queued, then returns them all (in arrival order).
     pub async fn expect_n(&mut self, n: usize) -> Vec<ServiceRequest> {
         let deadline = Instant::now() + WAIT;
@@ -629,6 +638,18 @@ impl WsClient {
     pub async fn close(mut self) {
         let _ = self.sink.send(Message::Close(None)).await;
         let _ = self.sink.close().await;
+    }
+
+    /// Drops everything received so far (noting a close).
+    pub fn clear(&mut self) {
+        while let Ok(item) = self.rx.try_recv() {
+            match item {
+                c @ (Incoming::Close(_) | Incoming::Ended(_)) => self.closed = Some(c),
+                Incoming::Ping => self.pings += 1,
+                _ => {}
+            }
+        }
+        self.queue.clear();
     }
 
     pub fn is_closed(&self) -> bool {
