@@ -70,8 +70,8 @@ async fn websocket_request_counters_by_method() {
     let id = c.send("subscribe.test.model", json!(null)).await;
     env.service.serve_model("test.model", json!({})).await;
     c.response(id).await.result();
-    let id = c.send("get.test.model", json!(null)).await;
-    env.service.expect("access.test.model").await.respond_access(true, Some("*")).await;
+    let id = c.send("get.test.other", json!(null)).await;
+    env.service.serve_model("test.other", json!({})).await;
     c.response(id).await.result();
     c.request("unsubscribe.test.model", json!(null)).await.result();
     let id = c.send("call.test.model.method", json!(null)).await;
@@ -152,7 +152,7 @@ async fn nats_reconnects_are_counted() {
 async fn slow_client_disconnects_are_counted() {
     let mut env = TestEnv::start_with(|c| {
         c.metrics_port = Some(0);
-        c.max_outbound_bytes = 16 * 1024;
+        c.max_outbound_bytes = 48 * 1024;
     })
     .await;
     wait_metric(&env, "resgate_slow_client_disconnects_total", "", 0.0).await;
@@ -167,8 +167,8 @@ async fn slow_client_disconnects_are_counted() {
         .await
         .unwrap();
     env.service.expect("access.test.model").await.respond_access(true, None).await;
-    let filler = "z".repeat(8192);
-    for n in 1..=2000 {
+    let filler = "z".repeat(6 * 1024);
+    for n in 1..=2500 {
         env.service.publish_event_noflush("test.model", "change", &json!({"values": {"n": n, "f": format!("{n}{filler}")}})).await;
         if n % 4 == 0 {
             env.service.flush().await;
