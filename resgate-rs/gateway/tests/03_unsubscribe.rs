@@ -63,7 +63,8 @@ async fn unsubscribe_invalid_count_is_invalid_params() {
     let mut env = TestEnv::start().await;
     let mut c = env.client().await;
     subscribe(&mut env, &mut c, "test.model", json!({"a": 1})).await;
-    for params in [json!({"count": 0}), json!({"count": -1}), json!({"count": "1"}), json!({"count": 1.5}), json!("x")] {
+    for params in [json!({"count": 0}), json!({"count": -1}), json!({"count": "1"}), json!({"count": 1.5}), json!("x")]
+    {
         let r = c.request("unsubscribe.test.model", params.clone()).await;
         assert_eq!(r.error_code(), "system.invalidParams", "params {params}: {}", r.0);
     }

@@ -7,6 +7,9 @@ use common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
+/// (params, access reply, call reply (None = no call request expected), expected result / error code)
+type CallRow = (Value, &'static str, Option<&'static str>, Result<Value, &'static str>);
+
 const FULL: &str = r#"{"result":{"get":true,"call":"*"}}"#;
 
 /// Client calls `call.test.model.method`, access is answered with `access`, then (if
@@ -40,7 +43,7 @@ async fn call_matrix_unsubscribed() {
     let mut env = TestEnv::start_with(|c| c.request_timeout = 300).await;
     let ok = r#"{"result":{"foo":"bar"}}"#;
     let payload = json!({"payload": {"foo": "bar"}});
-    let rows: Vec<(Value, &str, Option<&str>, Result<Value, &str>)> = vec![
+    let rows: Vec<CallRow> = vec![
         (Value::Null, FULL, Some(ok), Ok(payload.clone())),
         (json!({"value": 42}), FULL, Some(ok), Ok(payload.clone())),
         (Value::Null, r#"{"result":{"get":true,"call":"method"}}"#, Some(ok), Ok(payload.clone())),
@@ -49,16 +52,31 @@ async fn call_matrix_unsubscribed() {
         (Value::Null, r#"{"result":{"get":true,"call":"foo,bar"}}"#, None, Err("system.accessDenied")),
         (Value::Null, r#"{"result":{"get":true}}"#, None, Err("system.accessDenied")),
         (Value::Null, r#"{"result":{"get":true,"call":""}}"#, None, Err("system.accessDenied")),
-        (Value::Null, r#"{"error":{"code":"system.accessDenied","message":"Access denied"}}"#, None, Err("system.accessDenied")),
+        (
+            Value::Null,
+            r#"{"error":{"code":"system.accessDenied","message":"Access denied"}}"#,
+            None,
+            Err("system.accessDenied"),
+        ),
         (Value::Null, r#"{"result":{"get":"invalid"}}"#, None, Err("system.internalError")),
         (Value::Null, r#"{"broken":JSON}"#, None, Err("system.internalError")),
-        (Value::Null, FULL, Some(r#"{"error":{"code":"system.invalidParams","message":"Invalid parameters"}}"#), Err("system.invalidParams")),
+        (
+            Value::Null,
+            FULL,
+            Some(r#"{"error":{"code":"system.invalidParams","message":"Invalid parameters"}}"#),
+            Err("system.invalidParams"),
+        ),
         (Value::Null, FULL, Some(r#"{"result":null}"#), Ok(json!({"payload": null}))),
         (Value::Null, FULL, Some(r#"{"result":42}"#), Ok(json!({"payload": 42}))),
         (Value::Null, FULL, Some(r#"{"broken":JSON}"#), Err("system.internalError")),
         (Value::Null, FULL, Some(r#"{}"#), Err("system.internalError")),
         (Value::Null, "\r\n\t {\"result\":{\"get\":\r\n\t true,\"call\":\"*\"}}\r\n\t ", Some(ok), Ok(payload.clone())),
-        (Value::Null, FULL, Some(r#"{"result":{"foo":"bar"},"error":{"code":"system.custom","message":"Custom"}}"#), Err("system.custom")),
+        (
+            Value::Null,
+            FULL,
+            Some(r#"{"result":{"foo":"bar"},"error":{"code":"system.custom","message":"Custom"}}"#),
+            Err("system.custom"),
+        ),
         (Value::Null, FULL, Some(r#"{"error":[]}"#), Err("system.internalError")),
         (Value::Null, FULL, Some(r#"{"error":{"message":"missing code"}}"#), Err("")),
         (Value::Null, FULL, Some(r#"{"error":{"code":12,"message":"integer code"}}"#), Err("system.internalError")),
@@ -170,7 +188,11 @@ async fn resource_response_errors_go_into_errors() {
     let rows: Vec<(Option<Value>, Option<Value>, Value)> = vec![
         (Some(json!({"error": custom})), Some(json!({"result": {"get": true}})), custom.clone()),
         (None, Some(json!({"result": {"get": true}})), err("system.timeout", "Request timeout")),
-        (Some(json!({"result": {"model": {}}})), Some(json!({"result": {"get": false}})), err("system.accessDenied", "Access denied")),
+        (
+            Some(json!({"result": {"model": {}}})),
+            Some(json!({"result": {"get": false}})),
+            err("system.accessDenied", "Access denied"),
+        ),
         (Some(json!({"result": {"model": {}}})), Some(json!({"error": custom})), custom.clone()),
         (Some(json!({"result": {"model": {}}})), None, err("system.timeout", "Request timeout")),
     ];

@@ -10,7 +10,8 @@ async fn new_is_a_call_to_the_new_method_and_subscribes() {
     let mut env = TestEnv::start().await;
     let params = json!({"value": 42});
     let model = json!({"name": "created"});
-    for (i, reply) in [r#"{"resource":{"rid":"test.model"}}"#, r#"{"result":{"rid":"test.model"}}"#].iter().enumerate() {
+    for (i, reply) in [r#"{"resource":{"rid":"test.model"}}"#, r#"{"result":{"rid":"test.model"}}"#].iter().enumerate()
+    {
         let mut c = env.client().await;
         let id = c.send("new.test.collection", params.clone()).await;
         let a = env.service.expect("access.test.collection").await;

@@ -24,7 +24,9 @@ async fn change_event_is_forwarded_with_values() {
     let mut c = subscribed(&mut env, "test.model", model()).await;
     env.service.publish_event("test.model", "change", json!({"values": {"string": "bar", "int": -12}})).await;
     assert_eq!(c.expect_event("test.model.change").await, json!({"values": {"string": "bar", "int": -12}}));
-    env.service.publish_event("test.model", "change", json!({"values": {"string": {"action": "delete"}, "new": 1}})).await;
+    env.service
+        .publish_event("test.model", "change", json!({"values": {"string": {"action": "delete"}, "new": 1}}))
+        .await;
     assert_eq!(
         c.expect_event("test.model.change").await,
         json!({"values": {"string": {"action": "delete"}, "new": 1}})
@@ -48,7 +50,9 @@ async fn no_op_changes_are_dropped() {
 async fn change_is_applied_to_the_cache() {
     let mut env = TestEnv::start().await;
     let mut c1 = subscribed(&mut env, "test.model", model()).await;
-    env.service.publish_event("test.model", "change", json!({"values": {"string": "bar", "null": {"action": "delete"}}})).await;
+    env.service
+        .publish_event("test.model", "change", json!({"values": {"string": "bar", "null": {"action": "delete"}}}))
+        .await;
     c1.expect_event("test.model.change").await;
     let mut c2 = env.client().await;
     let id = c2.send("subscribe.test.model", json!(null)).await;
@@ -140,7 +144,9 @@ async fn change_to_an_already_sent_reference_carries_nothing_extra() {
     let id = c.send("subscribe.test.model", json!(null)).await;
     env.service.serve_model("test.model", json!({"a": {"rid": "test.child"}})).await;
     env.service.expect("get.test.child").await.respond_model(json!({"n": 1})).await;
-    c.response(id).await.assert_result(json!({"models": {"test.model": {"a": {"rid": "test.child"}}, "test.child": {"n": 1}}}));
+    c.response(id)
+        .await
+        .assert_result(json!({"models": {"test.model": {"a": {"rid": "test.child"}}, "test.child": {"n": 1}}}));
     // A second reference to a resource the client already has:
     env.service.publish_event("test.model", "change", json!({"values": {"b": {"rid": "test.child"}}})).await;
     assert_eq!(c.expect_event("test.model.change").await, json!({"values": {"b": {"rid": "test.child"}}}));
@@ -150,8 +156,13 @@ async fn change_to_an_already_sent_reference_carries_nothing_extra() {
 async fn change_to_soft_reference_is_not_followed() {
     let mut env = TestEnv::start().await;
     let mut c = subscribed(&mut env, "test.model", model()).await;
-    env.service.publish_event("test.model", "change", json!({"values": {"ref": {"rid": "test.child", "soft": true}}})).await;
-    assert_eq!(c.expect_event("test.model.change").await, json!({"values": {"ref": {"rid": "test.child", "soft": true}}}));
+    env.service
+        .publish_event("test.model", "change", json!({"values": {"ref": {"rid": "test.child", "soft": true}}}))
+        .await;
+    assert_eq!(
+        c.expect_event("test.model.change").await,
+        json!({"values": {"ref": {"rid": "test.child", "soft": true}}})
+    );
     env.service.assert_no_request(QUIET).await;
 }
 

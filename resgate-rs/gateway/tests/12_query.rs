@@ -51,7 +51,11 @@ async fn query_event_collection_events_and_collection_reply() {
     let mut c = env.client().await;
     let id = c.send("subscribe.test.list?limit=3", json!(null)).await;
     env.service.expect("access.test.list").await.respond_access(true, None).await;
-    env.service.expect("get.test.list").await.respond_result(json!({"collection": [1, 2, 3], "query": "limit=3"})).await;
+    env.service
+        .expect("get.test.list")
+        .await
+        .respond_result(json!({"collection": [1, 2, 3], "query": "limit=3"}))
+        .await;
     c.response(id).await.assert_result(json!({"collections": {"test.list?limit=3": [1, 2, 3]}}));
     env.service.publish_event("test.list", "query", json!({"subject": "_QUERY.a"})).await;
     env.service
@@ -79,10 +83,7 @@ async fn query_event_model_reply_is_diffed_and_not_found_deletes() {
     sub_query(&mut env, &mut c, "test.model?q=foo", "q=foo", json!({"a": 1, "b": 2})).await;
     env.service.publish_event("test.model", "query", json!({"subject": "_QUERY.m"})).await;
     env.service.expect("_QUERY.m").await.respond_result(json!({"model": {"a": 1, "c": 3}})).await;
-    assert_eq!(
-        c.expect_event("test.model?q=foo.change").await,
-        json!({"values": {"b": {"action": "delete"}, "c": 3}})
-    );
+    assert_eq!(c.expect_event("test.model?q=foo.change").await, json!({"values": {"b": {"action": "delete"}, "c": 3}}));
     env.service.publish_event("test.model", "query", json!({"subject": "_QUERY.n"})).await;
     env.service.expect("_QUERY.n").await.respond_error("system.notFound", "Not found").await;
     assert_eq!(c.next_event().await, json!({"event": "test.model?q=foo.delete"}));

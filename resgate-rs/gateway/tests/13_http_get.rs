@@ -26,8 +26,15 @@ async fn get_with(env: &mut TestEnv, method: &str, path: &str, rid: &str, access
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_model_as_json() {
     let mut env = TestEnv::start().await;
-    let r = get_with(&mut env, "GET", "/api/test/model", "test.model", json!({"result": {"get": true}}),
-        json!({"result": {"model": {"string": "foo", "int": 42}}})).await;
+    let r = get_with(
+        &mut env,
+        "GET",
+        "/api/test/model",
+        "test.model",
+        json!({"result": {"get": true}}),
+        json!({"result": {"model": {"string": "foo", "int": 42}}}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("content-type").unwrap().starts_with("application/json"), "{:?}", r.headers);
     assert_eq!(r.json(), json!({"string": "foo", "int": 42}));
@@ -53,11 +60,16 @@ async fn references_are_inlined_with_href() {
     let mut env = TestEnv::start().await;
     let addr = env.addr();
     let h = tokio::spawn(async move { http_request(addr, "GET", "/api/test/parent", &[], b"").await });
-    env.service.serve_model("test.parent", json!({
-        "name": "parent", "child": {"rid": "test.model"}, "soft": {"rid": "test.soft", "soft": true},
-        "data": {"data": {"foo": ["bar"]}}, "broken": {"rid": "test.err"}, "self": {"rid": "test.parent"},
-        "list": {"rid": "test.list"},
-    })).await;
+    env.service
+        .serve_model(
+            "test.parent",
+            json!({
+                "name": "parent", "child": {"rid": "test.model"}, "soft": {"rid": "test.soft", "soft": true},
+                "data": {"data": {"foo": ["bar"]}}, "broken": {"rid": "test.err"}, "self": {"rid": "test.parent"},
+                "list": {"rid": "test.list"},
+            }),
+        )
+        .await;
     let mut gets = Vec::new();
     for _ in 0..3 {
         gets.push(env.service.expect_where("get of a reference", |s| s.starts_with("get.")).await);
@@ -72,15 +84,18 @@ async fn references_are_inlined_with_href() {
     }
     let r = h.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json(), json!({
-        "name": "parent",
-        "child": {"href": "/api/test/model", "model": {"a": 1}},
-        "soft": {"href": "/api/test/soft"},
-        "data": {"foo": ["bar"]},
-        "broken": {"href": "/api/test/err", "error": err("system.notFound", "Not found")},
-        "self": {"href": "/api/test/parent"},
-        "list": {"href": "/api/test/list", "collection": ["x"]},
-    }));
+    assert_eq!(
+        r.json(),
+        json!({
+            "name": "parent",
+            "child": {"href": "/api/test/model", "model": {"a": 1}},
+            "soft": {"href": "/api/test/soft"},
+            "data": {"foo": ["bar"]},
+            "broken": {"href": "/api/test/err", "error": err("system.notFound", "Not found")},
+            "self": {"href": "/api/test/parent"},
+            "list": {"href": "/api/test/list", "collection": ["x"]},
+        })
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,10 +103,15 @@ async fn references_are_inlined_flat_with_jsonflat() {
     let mut env = TestEnv::start_with(|c| c.api_encoding = ApiEncoding::JsonFlat).await;
     let addr = env.addr();
     let h = tokio::spawn(async move { http_request(addr, "GET", "/api/test/parent", &[], b"").await });
-    env.service.serve_model("test.parent", json!({
-        "child": {"rid": "test.model"}, "soft": {"rid": "test.soft", "soft": true},
-        "data": {"data": [1]}, "broken": {"rid": "test.err"}, "self": {"rid": "test.parent"},
-    })).await;
+    env.service
+        .serve_model(
+            "test.parent",
+            json!({
+                "child": {"rid": "test.model"}, "soft": {"rid": "test.soft", "soft": true},
+                "data": {"data": [1]}, "broken": {"rid": "test.err"}, "self": {"rid": "test.parent"},
+            }),
+        )
+        .await;
     let mut gets = Vec::new();
     for _ in 0..2 {
         gets.push(env.service.expect_where("get of a reference", |s| s.starts_with("get.")).await);
@@ -104,13 +124,16 @@ async fn references_are_inlined_flat_with_jsonflat() {
         }
     }
     let r = h.await.unwrap();
-    assert_eq!(r.json(), json!({
-        "child": {"a": 1},
-        "soft": {"href": "/api/test/soft"},
-        "data": [1],
-        "broken": err("system.notFound", "Not found"),
-        "self": {"href": "/api/test/parent"},
-    }));
+    assert_eq!(
+        r.json(),
+        json!({
+            "child": {"a": 1},
+            "soft": {"href": "/api/test/soft"},
+            "data": [1],
+            "broken": err("system.notFound", "Not found"),
+            "self": {"href": "/api/test/parent"},
+        })
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,13 +141,38 @@ async fn error_status_mapping() {
     let mut env = TestEnv::start_with(|c| c.request_timeout = 300).await;
     let full = json!({"result": {"get": true}});
     let rows: Vec<(Value, Value, u16, Value)> = vec![
-        (json!({"result": {"get": false}}), json!({"result": {"model": {}}}), 401, err("system.accessDenied", "Access denied")),
-        (json!({"error": err("system.accessDenied", "Access denied")}), json!({"result": {"model": {}}}), 401, err("system.accessDenied", "Access denied")),
+        (
+            json!({"result": {"get": false}}),
+            json!({"result": {"model": {}}}),
+            401,
+            err("system.accessDenied", "Access denied"),
+        ),
+        (
+            json!({"error": err("system.accessDenied", "Access denied")}),
+            json!({"result": {"model": {}}}),
+            401,
+            err("system.accessDenied", "Access denied"),
+        ),
         (full.clone(), json!({"error": err("system.notFound", "Not found")}), 404, err("system.notFound", "Not found")),
-        (full.clone(), json!({"error": err("system.internalError", "Internal error")}), 500, err("system.internalError", "Internal error")),
-        (full.clone(), json!({"error": err("system.invalidQuery", "Invalid query")}), 400, err("system.invalidQuery", "Invalid query")),
+        (
+            full.clone(),
+            json!({"error": err("system.internalError", "Internal error")}),
+            500,
+            err("system.internalError", "Internal error"),
+        ),
+        (
+            full.clone(),
+            json!({"error": err("system.invalidQuery", "Invalid query")}),
+            400,
+            err("system.invalidQuery", "Invalid query"),
+        ),
         (full.clone(), json!({"error": err("custom.error", "Custom")}), 400, err("custom.error", "Custom")),
-        (full.clone(), json!({"error": err("system.methodNotFound", "Method not found")}), 404, err("system.methodNotFound", "Method not found")),
+        (
+            full.clone(),
+            json!({"error": err("system.methodNotFound", "Method not found")}),
+            404,
+            err("system.methodNotFound", "Method not found"),
+        ),
     ];
     for (i, (access, get, status, body)) in rows.into_iter().enumerate() {
         let rid = format!("test.m{i}");
@@ -143,7 +191,15 @@ async fn error_status_mapping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_paths_are_not_found_without_nats_requests() {
     let mut env = TestEnv::start().await;
-    for path in ["/api/test/my%20model", "/api/", "/api/test/model/", "/api/test//model", "/api/test.model", "/api/test/mo%2Adel", "/api/test/*/x"] {
+    for path in [
+        "/api/test/my%20model",
+        "/api/",
+        "/api/test/model/",
+        "/api/test//model",
+        "/api/test.model",
+        "/api/test/mo%2Adel",
+        "/api/test/*/x",
+    ] {
         let r = env.http("GET", path, &[], b"").await;
         assert_eq!(r.status, 404, "{path}: {}", r.text());
         assert_eq!(r.json(), err("system.notFound", "Not found"), "{path}");
@@ -154,12 +210,20 @@ async fn invalid_paths_are_not_found_without_nats_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_has_status_and_headers_but_no_body() {
     let mut env = TestEnv::start().await;
-    let r = get_with(&mut env, "HEAD", "/api/test/model", "test.model", json!({"result": {"get": true}}),
-        json!({"result": {"model": {"a": 1}}})).await;
+    let r = get_with(
+        &mut env,
+        "HEAD",
+        "/api/test/model",
+        "test.model",
+        json!({"result": {"get": true}}),
+        json!({"result": {"model": {"a": 1}}}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("application/json"));
     assert!(r.body.is_empty(), "HEAD body: {:?}", r.text());
-    let r = get_with(&mut env, "HEAD", "/api/test/other", "test.other", json!({"result": {"get": false}}), json!({})).await;
+    let r =
+        get_with(&mut env, "HEAD", "/api/test/other", "test.other", json!({"result": {"get": false}}), json!({})).await;
     assert_eq!(r.status, 401);
     assert!(r.body.is_empty());
 }
@@ -176,7 +240,14 @@ async fn long_rid_is_uri_too_long() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_api_path() {
     let mut env = TestEnv::start_with(|c| c.api_path = "/rest/".into()).await;
-    let r = get_with(&mut env, "GET", "/rest/test/model", "test.model", json!({"result": {"get": true}}),
-        json!({"result": {"model": {"a": 1}}})).await;
+    let r = get_with(
+        &mut env,
+        "GET",
+        "/rest/test/model",
+        "test.model",
+        json!({"result": {"get": true}}),
+        json!({"result": {"model": {"a": 1}}}),
+    )
+    .await;
     assert_eq!((r.status, r.json()), (200, json!({"a": 1})));
 }

@@ -18,7 +18,8 @@ async fn call_with(
 ) -> (HttpResponse, Value) {
     let addr = env.addr();
     let (m, p) = (method.to_owned(), path.to_owned());
-    let h = tokio::spawn(async move { http_request(addr, &m, &p, &[("Content-Type", "application/json")], body).await });
+    let h =
+        tokio::spawn(async move { http_request(addr, &m, &p, &[("Content-Type", "application/json")], body).await });
     let a = env.service.expect(&format!("access.{rid}")).await;
     assert_eq!(a.payload_json()["isHttp"], json!(true));
     a.respond_access(false, Some(call_method)).await;
@@ -31,8 +32,16 @@ async fn call_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_calls_the_method_with_params() {
     let mut env = TestEnv::start().await;
-    let (r, p) = call_with(&mut env, "POST", "/api/test/model/method", br#"{"value":42}"#, "test.model", "method",
-        r#"{"result":{"foo":"bar"}}"#).await;
+    let (r, p) = call_with(
+        &mut env,
+        "POST",
+        "/api/test/model/method",
+        br#"{"value":42}"#,
+        "test.model",
+        "method",
+        r#"{"result":{"foo":"bar"}}"#,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json(), json!({"foo": "bar"}));
     assert_eq!(p, json!({"cid": p["cid"], "token": null, "params": {"value": 42}, "isHttp": true}));
@@ -41,7 +50,8 @@ async fn post_calls_the_method_with_params() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_without_body_sends_no_params_and_null_is_204() {
     let mut env = TestEnv::start().await;
-    let (r, p) = call_with(&mut env, "POST", "/api/test/model/method", b"", "test.model", "method", r#"{"result":null}"#).await;
+    let (r, p) =
+        call_with(&mut env, "POST", "/api/test/model/method", b"", "test.model", "method", r#"{"result":null}"#).await;
     assert_eq!(r.status, 204);
     assert!(r.body.is_empty());
     assert!(p.get("params").is_none() || p["params"].is_null(), "{p}");
@@ -50,8 +60,16 @@ async fn post_without_body_sends_no_params_and_null_is_204() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_resource_response_sets_location() {
     let mut env = TestEnv::start().await;
-    let (r, _) = call_with(&mut env, "POST", "/api/test/collection/create", b"{}", "test.collection", "create",
-        r#"{"resource":{"rid":"test.model.42"}}"#).await;
+    let (r, _) = call_with(
+        &mut env,
+        "POST",
+        "/api/test/collection/create",
+        b"{}",
+        "test.collection",
+        "create",
+        r#"{"resource":{"rid":"test.model.42"}}"#,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("location"), Some("/api/test/model/42"));
     assert!(r.body.is_empty(), "{}", r.text());
@@ -103,13 +121,23 @@ async fn put_delete_patch_map_to_configured_methods() {
     })
     .await;
     for (m, call) in [("PUT", "replace"), ("DELETE", "remove"), ("PATCH", "update")] {
-        let (r, p) = call_with(&mut env, m, "/api/test/model", br#"{"x":1}"#, "test.model", call, r#"{"result":{"ok":1}}"#).await;
+        let (r, p) =
+            call_with(&mut env, m, "/api/test/model", br#"{"x":1}"#, "test.model", call, r#"{"result":{"ok":1}}"#)
+                .await;
         assert_eq!((r.status, r.json()), (200, json!({"ok": 1})), "{m}");
         assert_eq!(p["params"], json!({"x": 1}), "{m}");
     }
     // methodNotFound from the service becomes 405 methodNotAllowed.
-    let (r, _) = call_with(&mut env, "PUT", "/api/test/model", b"", "test.model", "replace",
-        r#"{"error":{"code":"system.methodNotFound","message":"Method not found"}}"#).await;
+    let (r, _) = call_with(
+        &mut env,
+        "PUT",
+        "/api/test/model",
+        b"",
+        "test.model",
+        "replace",
+        r#"{"error":{"code":"system.methodNotFound","message":"Method not found"}}"#,
+    )
+    .await;
     assert_eq!((r.status, r.json()), (405, err("system.methodNotAllowed", "Method not allowed")));
 }
 

@@ -48,7 +48,13 @@ async fn malformed_methods_are_invalid_requests() {
             failures.push(format!("{m:?}: {}", r.0));
         }
     }
-    assert!(failures.is_empty(), "{} of {} methods not rejected as invalidRequest:\n{}", failures.len(), INVALID.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} methods not rejected as invalidRequest:\n{}",
+        failures.len(),
+        INVALID.len(),
+        failures.join("\n")
+    );
     env.service.assert_no_request(QUIET).await;
 }
 

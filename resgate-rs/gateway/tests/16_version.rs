@@ -100,7 +100,11 @@ async fn legacy_change_events_use_legacy_encoding() {
     let mut c = env.client_with_version("1.2.0").await;
     soft_and_data(&mut env, &mut c).await;
     env.service
-        .publish_event("test.model", "change", json!({"values": {"soft": {"rid": "test.x", "soft": true}, "obj": {"data": {"b": 2}}}}))
+        .publish_event(
+            "test.model",
+            "change",
+            json!({"values": {"soft": {"rid": "test.x", "soft": true}, "obj": {"data": {"b": 2}}}}),
+        )
         .await;
     assert_eq!(c.expect_event("test.model.change").await, json!({"values": {"soft": "test.x", "obj": "[Data]"}}));
 }

@@ -36,7 +36,12 @@ async fn options_allow_origin_table() {
 async fn options_methods_and_request_headers() {
     let env = TestEnv::start().await;
     let r = env
-        .http("OPTIONS", "/api/test/model", &[("Origin", "http://a"), ("Access-Control-Request-Headers", "X-PINGOTHER, Content-Type")], b"")
+        .http(
+            "OPTIONS",
+            "/api/test/model",
+            &[("Origin", "http://a"), ("Access-Control-Request-Headers", "X-PINGOTHER, Content-Type")],
+            b"",
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("access-control-allow-methods"), Some("GET, HEAD, OPTIONS, POST"));
@@ -73,7 +78,9 @@ async fn forbidden_origin_is_403_without_nats_requests() {
 async fn allowed_origin_is_echoed_on_get() {
     let mut env = TestEnv::start_with(|c| c.allow_origin = origins(&["https://resgate.io"])).await;
     let addr = env.addr();
-    let h = tokio::spawn(async move { http_request(addr, "GET", "/api/test/model", &[("Origin", "https://resgate.io")], b"").await });
+    let h = tokio::spawn(async move {
+        http_request(addr, "GET", "/api/test/model", &[("Origin", "https://resgate.io")], b"").await
+    });
     env.service.serve_model("test.model", json!({"a": 1})).await;
     let r = h.await.unwrap();
     assert_eq!(r.status, 200);
@@ -86,7 +93,14 @@ async fn header_auth_runs_before_http_requests_and_sets_the_token() {
     let mut env = TestEnv::start_with(|c| c.header_auth = Some("test.auth.header".into())).await;
     let addr = env.addr();
     let h = tokio::spawn(async move {
-        http_request(addr, "GET", "/api/test/model?x=1", &[("Authorization", "Bearer abc"), ("Origin", "http://o")], b"").await
+        http_request(
+            addr,
+            "GET",
+            "/api/test/model?x=1",
+            &[("Authorization", "Bearer abc"), ("Origin", "http://o")],
+            b"",
+        )
+        .await
     });
     let auth = env.service.expect("auth.test.auth.header").await;
     let p = auth.payload_json();
@@ -148,12 +162,16 @@ async fn meta_headers_and_status_on_http_calls() {
     env.service
         .expect("access.test.model")
         .await
-        .respond_json(json!({"result": {"call": "*"}, "meta": {"header": {"Set-Cookie": ["a=1"], "X-Access": ["yes"]}}}))
+        .respond_json(
+            json!({"result": {"call": "*"}, "meta": {"header": {"Set-Cookie": ["a=1"], "X-Access": ["yes"]}}}),
+        )
         .await;
     env.service
         .expect("call.test.model.method")
         .await
-        .respond_json(json!({"result": {"ok": true}, "meta": {"header": {"Set-Cookie": ["b=2"], "Content-Type": ["text/evil"]}}}))
+        .respond_json(
+            json!({"result": {"ok": true}, "meta": {"header": {"Set-Cookie": ["b=2"], "Content-Type": ["text/evil"]}}}),
+        )
         .await;
     let r = h.await.unwrap();
     assert_eq!(r.status, 200);
@@ -166,7 +184,11 @@ async fn meta_headers_and_status_on_http_calls() {
 
     let h = tokio::spawn(async move { http_request(addr, "POST", "/api/test/model/method", &[], b"").await });
     env.service.expect("access.test.model").await.respond_access(false, Some("*")).await;
-    env.service.expect("call.test.model.method").await.respond_json(json!({"result": null, "meta": {"status": 403}})).await;
+    env.service
+        .expect("call.test.model.method")
+        .await
+        .respond_json(json!({"result": null, "meta": {"status": 403}}))
+        .await;
     let r = h.await.unwrap();
     assert_eq!((r.status, r.json()), (403, err("system.forbidden", "Forbidden")));
 }
@@ -177,7 +199,11 @@ async fn meta_is_ignored_for_websocket_requests() {
     let mut c = env.client().await;
     let id = c.send("call.test.model.method", json!(null)).await;
     env.service.expect("access.test.model").await.respond_access(true, Some("*")).await;
-    env.service.expect("call.test.model.method").await.respond_json(json!({"result": 1, "meta": {"status": 404}})).await;
+    env.service
+        .expect("call.test.model.method")
+        .await
+        .respond_json(json!({"result": 1, "meta": {"status": 404}}))
+        .await;
     c.response(id).await.assert_result(json!({"payload": 1}));
 }
 
@@ -199,7 +225,11 @@ async fn ws_header_auth_runs_before_upgrade() {
     assert_eq!(resp.headers().get("set-cookie").map(|v| v.to_str().unwrap()), Some("t=2"));
     let id = c.send("subscribe.test.model", json!(null)).await;
     let a = env.service.expect("access.test.model").await;
-    assert_eq!(a.payload_json(), json!({"cid": cid, "token": "ws-token"}), "the WebSocket connection keeps the cid and token");
+    assert_eq!(
+        a.payload_json(),
+        json!({"cid": cid, "token": "ws-token"}),
+        "the WebSocket connection keeps the cid and token"
+    );
     a.respond_access(true, None).await;
     env.service.expect("get.test.model").await.respond_model(json!({})).await;
     c.response(id).await.result();

@@ -169,7 +169,9 @@ async fn slow_client_disconnects_are_counted() {
     env.service.expect("access.test.model").await.respond_access(true, None).await;
     let filler = "z".repeat(6 * 1024);
     for n in 1..=2500 {
-        env.service.publish_event_noflush("test.model", "change", &json!({"values": {"n": n, "f": format!("{n}{filler}")}})).await;
+        env.service
+            .publish_event_noflush("test.model", "change", &json!({"values": {"n": n, "f": format!("{n}{filler}")}}))
+            .await;
         if n % 4 == 0 {
             env.service.flush().await;
             for _ in 0..4 {

@@ -58,7 +58,8 @@ async fn nats_restart_revalidates_cached_resources() {
     // New requests work.
     let id = c.send("call.test.model.method", json!(null)).await;
     loop {
-        let r = env.service.expect_where("access or call", |s| s.starts_with("access.") || s.starts_with("call.")).await;
+        let r =
+            env.service.expect_where("access or call", |s| s.starts_with("access.") || s.starts_with("call.")).await;
         if r.subject.starts_with("access.") {
             r.respond_access(true, Some("*")).await;
         } else {

@@ -8,10 +8,10 @@ use futures_util::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestRunner};
 use serde_json::{Value, json};
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Debug, Clone)]
@@ -39,7 +39,16 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 fn method() -> impl Strategy<Value = String> {
     let kind = prop::sample::select(vec![
-        "subscribe", "unsubscribe", "get", "call", "auth", "new", "version", "", "x", "event",
+        "subscribe",
+        "unsubscribe",
+        "get",
+        "call",
+        "auth",
+        "new",
+        "version",
+        "",
+        "x",
+        "event",
     ]);
     (kind, "[a-z]{0,6}(\\.[a-z{}?*>=& \\t]{0,6}){0,4}", prop::option::of("[a-zA-Z.?]{0,6}")).prop_map(|(k, rid, m)| {
         let mut s = format!("{k}.fuzz.{rid}");
@@ -131,8 +140,12 @@ async fn random_service(url: &str) {
             n = n.wrapping_mul(31).wrapping_add(7);
             let Some(reply) = m.reply else { continue };
             // Access requests mostly succeed so that deeper paths are exercised.
-            let r = if m.subject.starts_with("access.") && n % 3 != 0 { replies[0] } else { replies[n % replies.len()] };
-            if n % 11 == 0 {
+            let r = if m.subject.starts_with("access.") && !n.is_multiple_of(3) {
+                replies[0]
+            } else {
+                replies[n % replies.len()]
+            };
+            if n.is_multiple_of(11) {
                 continue; // never answered: the gateway must time out
             }
             let _ = client.publish(reply, r.to_vec().into()).await;
@@ -142,11 +155,11 @@ async fn random_service(url: &str) {
 
 #[test]
 fn generated_client_frames_never_wedge_the_gateway() {
-    const CASES: u32 = 300;
+    const CASES: u32 = 500;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let env = rt.block_on(TestEnv::start_custom(|c| c.request_timeout = 200, &[]));
     rt.block_on(random_service(&env.nats.url()));
-    let client = RefCell::new(rt.block_on(env.client()));
+    let client = Mutex::new(rt.block_on(env.client()));
     let frames_sent = Arc::new(AtomicU64::new(0));
     let probe = AtomicU64::new(1 << 50);
     let mut runner = TestRunner::new(PtConfig {
@@ -158,7 +171,7 @@ fn generated_client_frames_never_wedge_the_gateway() {
     runner
         .run(&prop::collection::vec(frame(), 1..30), |frames| {
             rt.block_on(async {
-                let mut c = client.borrow_mut();
+                let mut c = client.lock().await;
                 for f in &frames {
                     let m = match f {
                         Frame::Text(t) => Message::text(t.clone()),
@@ -180,7 +193,7 @@ fn generated_client_frames_never_wedge_the_gateway() {
         .unwrap();
     // After the barrage: the same connection and a new one still answer.
     rt.block_on(async {
-        let mut c = client.borrow_mut();
+        let mut c = client.lock().await;
         c.clear();
         let id = probe.fetch_add(1, Ordering::Relaxed);
         c.send_text(&json!({"id": id, "method": "version"}).to_string()).await;
@@ -215,8 +228,8 @@ fn service_case() -> impl Strategy<Value = ServiceCase> {
 fn random_service_replies_always_answer_the_client() {
     const CASES: u32 = 150;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let env = RefCell::new(rt.block_on(TestEnv::start_with(|c| c.request_timeout = 150)));
-    let client = RefCell::new(rt.block_on(env.borrow().client()));
+    let env = Mutex::new(rt.block_on(TestEnv::start_with(|c| c.request_timeout = 150)));
+    let client = Mutex::new(rt.block_on(async { env.lock().await.client().await }));
     let n = AtomicU64::new(0);
     let mut runner = TestRunner::new(PtConfig {
         cases: CASES,
@@ -227,8 +240,8 @@ fn random_service_replies_always_answer_the_client() {
     runner
         .run(&service_case(), |case| {
             rt.block_on(async {
-                let mut env = env.borrow_mut();
-                let mut c = client.borrow_mut();
+                let mut env = env.lock().await;
+                let mut c = client.lock().await;
                 let k = n.fetch_add(1, Ordering::Relaxed);
                 let rid = format!("fuzz.r{k}");
                 let method = match case.op {

@@ -768,9 +768,8 @@ fn parse_http_response(buf: &[u8], head: bool) -> HttpResponse {
     let mut lines = head_text.split("\r\n");
     let status_line = lines.next().unwrap();
     let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))).collect();
     let raw = &buf[end + 4..];
     let chunked = headers
         .iter()
@@ -787,8 +786,7 @@ fn parse_http_response(buf: &[u8], head: bool) -> HttpResponse {
 
 fn decode_chunked(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(nl) = raw.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(nl) = raw.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&raw[..nl]);
         let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).expect("chunk size");
         raw = &raw[nl + 2..];
