@@ -45,6 +45,8 @@ pub enum ConnMsg {
     Token(TokenEvent),
     TokenReset(Arc<SystemTokenReset>),
     AccessReset(Arc<Vec<ResourcePattern>>),
+    /// Marks a point in the message order (see `Shared::collect_token`).
+    Fence,
     /// Missing resources finished loading for the blocked operation.
     Unblock {
         pins: Vec<Arc<Entry>>,
@@ -230,6 +232,12 @@ impl Conn {
         }
     }
 
+    /// Sets the token obtained by wsHeaderAuth before the connection started.
+    pub fn set_initial_token(&mut self, ev: TokenEvent) {
+        self.tid = ev.tid.clone();
+        self.token = ev.into_token().map(Arc::from);
+    }
+
     fn legacy(&self) -> bool {
         self.version.is_legacy_values()
     }
@@ -413,7 +421,10 @@ impl Conn {
                 Ok(()) => shared.call(&subject, payload).await,
                 Err(e) => Err(e),
             };
-            tx.send(ConnMsg::Done(Completion::Call { id, key, access, result, is_new, started, label: "call" }));
+            shared.after_conn_events(
+                &tx,
+                ConnMsg::Done(Completion::Call { id, key, access, result, is_new, started, label: "call" }),
+            );
         });
     }
 
@@ -487,7 +498,7 @@ impl Conn {
                     self.reaccess(&k);
                 }
             }
-            ConnMsg::Unblock { .. } => {}
+            ConnMsg::Unblock { .. } | ConnMsg::Fence => {}
         }
     }
 

@@ -3,7 +3,7 @@
 
 use crate::cache::Graph;
 use crate::config::ApiEncoding;
-use crate::conn::{ConnMsg, ConnTx};
+use crate::conn::ConnTx;
 use crate::server::{Body, Shared, header_auth, http_context, new_cid};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use res_protocol::json::write_str;
-use res_protocol::service::{self, CallResult, Meta, RequestFields};
+use res_protocol::service::{self, CallResult, Meta, RequestFields, TokenEvent};
 use res_protocol::value::{ResourceData, Value};
 use res_protocol::{ResError, code};
 use serde_json::value::RawValue;
@@ -259,18 +259,13 @@ async fn http_conn(shared: &Shared, http: &service::HttpContext) -> HttpConn {
         return HttpConn { cid, token: None, meta: None };
     };
     let (tx, mut rx) = ConnTx::new(usize::MAX);
-    shared.conns.lock().insert(cid.clone(), tx);
+    shared.conns.lock().insert(cid.clone(), tx.clone());
     let (result, meta) = header_auth(shared, &method, &cid, http).await;
-    shared.conns.lock().remove(&cid);
     if let Err(e) = &result {
         tracing::debug!(%cid, error = %e, "headerAuth failed; continuing without token");
     }
-    let mut token = None;
-    while let Ok(msg) = rx.try_recv() {
-        if let ConnMsg::Token(t) = msg {
-            token = t.into_token();
-        }
-    }
+    let token = shared.collect_token(&tx, &mut rx).await.and_then(TokenEvent::into_token);
+    shared.conns.lock().remove(&cid);
     let meta = meta.filter(|m| {
         let ok = m.has_valid_status();
         if !ok {

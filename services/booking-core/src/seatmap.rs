@@ -1,0 +1,638 @@
+//! The live seat map of a departure: every seat is free, held or sold.
+//!
+//! Where the state lives:
+//! - sold: PostgreSQL (`tickets`, one active ticket per seat by a partial unique index): the truth.
+//! - held: Redis. `booking:held:<dep>` maps seat → hold ID; `booking:hold:<id>` is the hold
+//!   (owner, departure, seats, expiry, state `active`|`purchasing`); `booking:holds:expiry` and
+//!   `booking:holds:purchasing` are sorted sets by deadline that the sweepers scan.
+//! - free: everything else.
+//!
+//! Ordering (the RES rule: events of one resource in order, each change before the reply): every
+//! transition of a departure's seats runs under that departure's lock (see [`crate::lock`]),
+//! across all instances of seats and tickets. Inside the lock the instance performs the atomic
+//! transition (a Lua script, or a PostgreSQL statement), reads the resulting state, publishes the
+//! change events, and waits for a round trip to the NATS server on the same connection before
+//! unlocking ([`res_service::Events::flush`]): the server has then routed the events, so the next
+//! holder's events arrive after them. Each transition is performed, and
+//! so published, by exactly one instance: when two sweepers race on an expired hold, the script
+//! removes it once and only that instance publishes. Published values are the state read after
+//! the transition, so even a replay converges. If a holder finds on unlock that its lease
+//! expired (it stalled longer than the lease), its events may have interleaved with another
+//! holder's, so it publishes `system.reset` for the departure's resources and the gateway
+//! re-fetches them.
+
+use crate::config::HoldConfig;
+use crate::error::BookingError;
+use crate::lock::Locks;
+use crate::metrics::BookingMetrics;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use redis::aio::ConnectionManager;
+use res_service::{Events, Value};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const FREE: &str = "free";
+pub const HELD: &str = "held";
+pub const SOLD: &str = "sold";
+
+/// NATS subject of the occupancy domain event (consumed by pricing).
+pub const SEATS_CHANGED_SUBJECT: &str = "booking.events.seats.changed";
+
+const EXPIRY: &str = "booking:holds:expiry";
+const PURCHASING: &str = "booking:holds:purchasing";
+
+fn hold_key(id: &str) -> String {
+    format!("booking:hold:{id}")
+}
+
+fn held_key(dep: i64) -> String {
+    format!("booking:held:{dep}")
+}
+
+fn lock_key(dep: i64) -> String {
+    format!("booking:lock:departure:{dep}")
+}
+
+pub fn seat_map_rid(dep: i64) -> String {
+    format!("seats.departure.{dep}")
+}
+
+pub fn availability_rid(dep: i64) -> String {
+    format!("seats.departure.{dep}.availability")
+}
+
+/// Takes all seats or none; returns the seats already held.
+const HOLD: &str = r"
+local taken = {}
+for i = 5, #ARGV do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then table.insert(taken, ARGV[i]) end
+end
+if #taken > 0 then return taken end
+local seats = {}
+for i = 5, #ARGV do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
+  table.insert(seats, ARGV[i])
+end
+redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'dep', ARGV[3], 'seats', table.concat(seats, ','), 'expires', ARGV[4], 'state', 'active')
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+return {}";
+
+/// Ends a hold (release by its owner, expiry, or completed purchase) and frees its seats in the
+/// held map. KEYS: hold, expiry, purchasing, held. ARGV: id, owner ('' = anyone), dep, mode
+/// (`release` | `expire` | `complete`), now.
+const END: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'owner', 'dep', 'seats', 'expires', 'state')
+if not h[1] or h[2] ~= ARGV[3] then return {'gone'} end
+local mode = ARGV[4]
+if mode == 'release' then
+  if ARGV[2] ~= '' and h[1] ~= ARGV[2] then return {'notyours'} end
+  if h[5] ~= 'active' then return {'purchasing'} end
+elseif mode == 'expire' then
+  if h[5] ~= 'active' or tonumber(h[4]) > tonumber(ARGV[5]) then return {'alive'} end
+end
+-- 'complete': the sale is committed, so the hold ends whatever its state (a sweeper may have
+-- reopened it after the purchase deadline).
+for seat in string.gmatch(h[3], '[^,]+') do
+  if redis.call('HGET', KEYS[4], seat) == ARGV[1] then redis.call('HDEL', KEYS[4], seat) end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return {'ok', h[3]}";
+
+/// Marks an active, unexpired hold of `owner` as being purchased: it no longer expires (the
+/// purchase sweeper settles it after the purchase deadline). KEYS: hold, expiry, purchasing.
+/// ARGV: id, owner, dep, now, deadline.
+const BEGIN: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'owner', 'dep', 'seats', 'expires', 'state')
+if not h[1] or h[2] ~= ARGV[3] then return {'gone'} end
+if h[1] ~= ARGV[2] then return {'notyours'} end
+if h[5] ~= 'active' then return {'purchasing'} end
+if tonumber(h[4]) <= tonumber(ARGV[4]) then return {'expired'} end
+redis.call('HSET', KEYS[1], 'state', 'purchasing')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+return {'ok', h[3], h[4]}";
+
+/// Puts a hold being purchased back to active with its original expiry. KEYS: hold, expiry,
+/// purchasing. ARGV: id.
+const ABORT: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'state', 'expires')
+if h[1] ~= 'purchasing' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'active')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[2], h[2], ARGV[1])
+return 1";
+
+/// One seat of a departure's layout.
+#[derive(Debug, Clone, Serialize)]
+pub struct Seat {
+    pub id: String,
+    pub car: i32,
+    pub row: i32,
+    pub letter: String,
+    pub class: i32,
+}
+
+/// What the store needs to know about a departure (static once seeded).
+#[derive(Debug, Clone)]
+pub struct DepartureInfo {
+    pub id: i64,
+    pub departs_at: DateTime<Utc>,
+    pub distance_km: i64,
+    pub seats: Vec<Seat>,
+    seat_ids: HashSet<String>,
+}
+
+impl DepartureInfo {
+    pub fn class_of(&self, seat: &str) -> Option<i32> {
+        self.seats.iter().find(|s| s.id == seat).map(|s| s.class)
+    }
+}
+
+/// Seat counts of a departure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub total: i64,
+    pub free: i64,
+    pub held: i64,
+    pub sold: i64,
+}
+
+/// The state of every seat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatMap {
+    pub states: BTreeMap<String, &'static str>,
+}
+
+impl SeatMap {
+    pub fn counts(&self) -> Counts {
+        let n = |s: &str| self.states.values().filter(|v| **v == s).count() as i64;
+        Counts { total: self.states.len() as i64, free: n(FREE), held: n(HELD), sold: n(SOLD) }
+    }
+}
+
+/// A hold as clients see it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Hold {
+    pub hold_id: String,
+    pub departure_id: i64,
+    pub owner: String,
+    pub seats: Vec<String>,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
+/// The occupancy event for other consumers (pricing).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeatsChanged {
+    pub departure_id: i64,
+    pub total: i64,
+    pub free: i64,
+    pub held: i64,
+    pub sold: i64,
+}
+
+struct Scripts {
+    hold: redis::Script,
+    end: redis::Script,
+    begin: redis::Script,
+    abort: redis::Script,
+}
+
+#[derive(Clone)]
+pub struct SeatStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Pool,
+    redis: ConnectionManager,
+    events: Events,
+    locks: Locks,
+    cfg: HoldConfig,
+    metrics: BookingMetrics,
+    departures: Mutex<HashMap<i64, Arc<DepartureInfo>>>,
+    scripts: Scripts,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl SeatStore {
+    pub fn new(
+        db: Pool,
+        redis: ConnectionManager,
+        events: Events,
+        cfg: HoldConfig,
+        metrics: BookingMetrics,
+    ) -> SeatStore {
+        // The lease outlives any sane critical section; waiting longer than a client's request
+        // timeout would be useless, so give up (booking.busy) well before it.
+        let locks = Locks::new(redis.clone(), Duration::from_secs(10), Duration::from_secs(8));
+        SeatStore {
+            inner: Arc::new(Inner {
+                db,
+                redis,
+                events,
+                locks,
+                cfg,
+                metrics,
+                departures: Mutex::default(),
+                scripts: Scripts {
+                    hold: redis::Script::new(HOLD),
+                    end: redis::Script::new(END),
+                    begin: redis::Script::new(BEGIN),
+                    abort: redis::Script::new(ABORT),
+                },
+            }),
+        }
+    }
+
+    pub fn db(&self) -> &Pool {
+        &self.inner.db
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.inner.events
+    }
+
+    pub fn config(&self) -> &HoldConfig {
+        &self.inner.cfg
+    }
+
+    pub fn metrics(&self) -> &BookingMetrics {
+        &self.inner.metrics
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.redis.clone()
+    }
+
+    /// The departure's layout and schedule (cached: it never changes once seeded).
+    pub async fn departure(&self, dep: i64) -> Result<Arc<DepartureInfo>, BookingError> {
+        if let Some(d) = self.inner.departures.lock().expect("cache").get(&dep) {
+            return Ok(d.clone());
+        }
+        let client = self.inner.db.get().await?;
+        let row = client
+            .query_opt("SELECT departs_at, distance_km, t.layout_id FROM departures d JOIN trains t ON t.id = d.train_id WHERE d.id = $1", &[&dep])
+            .await?
+            .ok_or(BookingError::NotFound)?;
+        let layout: String = row.get(2);
+        let seats: Vec<Seat> = client
+            .query(
+                "SELECT seat_id, car, seat_row, letter, class FROM layout_seats WHERE layout_id = $1 ORDER BY car, seat_row, letter",
+                &[&layout],
+            )
+            .await?
+            .iter()
+            .map(|r| Seat { id: r.get(0), car: r.get(1), row: r.get(2), letter: r.get(3), class: r.get(4) })
+            .collect();
+        let info = Arc::new(DepartureInfo {
+            id: dep,
+            departs_at: row.get(0),
+            distance_km: i64::from(row.get::<_, i32>(1)),
+            seat_ids: seats.iter().map(|s| s.id.clone()).collect(),
+            seats,
+        });
+        self.inner.departures.lock().expect("cache").insert(dep, info.clone());
+        Ok(info)
+    }
+
+    /// The current state of every seat.
+    pub async fn snapshot(&self, dep: i64) -> Result<SeatMap, BookingError> {
+        let info = self.departure(dep).await?;
+        let held: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(held_key(dep)).query_async(&mut self.conn()).await?;
+        // PostgreSQL last: a purchase completing between the two reads shows as sold.
+        let sold: HashSet<String> = self.sold_seats(dep).await?;
+        let states = info
+            .seats
+            .iter()
+            .map(|s| {
+                let st = if sold.contains(&s.id) {
+                    SOLD
+                } else if held.contains_key(&s.id) {
+                    HELD
+                } else {
+                    FREE
+                };
+                (s.id.clone(), st)
+            })
+            .collect();
+        Ok(SeatMap { states })
+    }
+
+    async fn sold_seats(&self, dep: i64) -> Result<HashSet<String>, BookingError> {
+        let client = self.inner.db.get().await?;
+        let rows =
+            client.query("SELECT seat_id FROM tickets WHERE departure_id = $1 AND status = 'active'", &[&dep]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Runs `f` under the departure's lock; `f` performs one transition and returns the seats it
+    /// touched, whose new state is then published before the lock is released.
+    pub async fn transition<T, F, Fut>(&self, dep: i64, f: F) -> Result<T, BookingError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(T, Vec<String>), BookingError>>,
+    {
+        let guard = self.inner.locks.acquire(&lock_key(dep)).await?;
+        let (out, touched) = f().await?;
+        let published = if touched.is_empty() { Ok(()) } else { self.publish(dep, &touched).await };
+        match guard.release().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(departure = dep, "departure lease expired while held; resetting its resources");
+                let (a, b) = (seat_map_rid(dep), availability_rid(dep));
+                self.inner.events.reset(&[a.as_str(), b.as_str()], &[]).await?;
+            }
+            Err(e) => tracing::warn!(departure = dep, error = %e, "releasing the departure lock failed"),
+        }
+        published?;
+        Ok(out)
+    }
+
+    async fn publish(&self, dep: i64, touched: &[String]) -> Result<(), BookingError> {
+        let map = self.snapshot(dep).await?;
+        let values: res_protocol::value::Model = touched
+            .iter()
+            .filter_map(|s| map.states.get(s).map(|st| (s.clone(), Value::primitive(&format!("\"{st}\"")))))
+            .collect();
+        let ev = &self.inner.events;
+        ev.change(&seat_map_rid(dep), &values).await?;
+        let c = map.counts();
+        ev.change_json(&availability_rid(dep), c).await?;
+        let changed = SeatsChanged { departure_id: dep, total: c.total, free: c.free, held: c.held, sold: c.sold };
+        let payload = serde_json::to_vec(&changed).map_err(res_service::EventError::Encode)?;
+        ev.client()
+            .publish(SEATS_CHANGED_SUBJECT, payload.into())
+            .await
+            .map_err(|e| BookingError::Events(res_service::EventError::Publish(e)))?;
+        ev.flush().await?;
+        Ok(())
+    }
+
+    /// Holds `seats` for `owner`: all or none.
+    pub async fn hold(&self, dep: i64, owner: &str, seats: Vec<String>) -> Result<Hold, BookingError> {
+        let info = self.departure(dep).await?;
+        let max = self.inner.cfg.max_seats_per_hold;
+        if seats.is_empty() {
+            return Err(BookingError::InvalidParams("seats must not be empty".into()));
+        }
+        if seats.len() > max {
+            return Err(BookingError::TooManySeats(max));
+        }
+        let unique: HashSet<&String> = seats.iter().collect();
+        if unique.len() != seats.len() {
+            return Err(BookingError::InvalidParams("a seat is listed twice".into()));
+        }
+        if let Some(bad) = seats.iter().find(|s| !info.seat_ids.contains(*s)) {
+            return Err(BookingError::UnknownSeat(bad.clone()));
+        }
+        if info.departs_at <= Utc::now() {
+            return Err(BookingError::Departed);
+        }
+        let hold_id = format!("h{:024x}", rand::random::<u128>() >> 32);
+        let expires_at = now_ms() + (self.inner.cfg.hold_ttl_secs * 1000) as i64;
+        let hold = Hold {
+            hold_id: hold_id.clone(),
+            departure_id: dep,
+            owner: owner.to_owned(),
+            seats: seats.clone(),
+            expires_at,
+        };
+        let out = self
+            .transition(dep, || async {
+                let sold = self.sold_seats(dep).await?;
+                let taken: Vec<String> = seats.iter().filter(|s| sold.contains(*s)).cloned().collect();
+                if !taken.is_empty() {
+                    return Err(BookingError::SeatTaken(taken));
+                }
+                let mut inv = self.inner.scripts.hold.prepare_invoke();
+                inv.key(held_key(dep)).key(hold_key(&hold_id)).key(EXPIRY);
+                inv.arg(&hold_id).arg(owner).arg(dep).arg(expires_at);
+                for s in &seats {
+                    inv.arg(s);
+                }
+                let taken: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+                if !taken.is_empty() {
+                    return Err(BookingError::SeatTaken(taken));
+                }
+                Ok((hold, seats.clone()))
+            })
+            .await?;
+        self.inner.metrics.holds_created.inc();
+        Ok(out)
+    }
+
+    async fn end(&self, dep: i64, hold_id: &str, owner: &str, mode: &str) -> Result<Vec<String>, BookingError> {
+        let r: Vec<String> = self
+            .inner
+            .scripts
+            .end
+            .key(hold_key(hold_id))
+            .key(EXPIRY)
+            .key(PURCHASING)
+            .key(held_key(dep))
+            .arg(hold_id)
+            .arg(owner)
+            .arg(dep)
+            .arg(mode)
+            .arg(now_ms())
+            .invoke_async(&mut self.conn())
+            .await?;
+        match r.first().map(String::as_str) {
+            Some("ok") => Ok(r.get(1).map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default()),
+            Some("notyours") => Err(BookingError::NotYourHold),
+            Some("purchasing") => Err(BookingError::PurchaseInProgress),
+            _ => Err(BookingError::HoldExpired),
+        }
+    }
+
+    /// Releases a hold. `owner` `None`: any hold (operators).
+    pub async fn release(&self, dep: i64, hold_id: &str, owner: Option<&str>) -> Result<Vec<String>, BookingError> {
+        let seats = self
+            .transition(dep, || async {
+                let seats = self.end(dep, hold_id, owner.unwrap_or(""), "release").await?;
+                Ok((seats.clone(), seats))
+            })
+            .await?;
+        self.inner.metrics.holds_released.inc();
+        Ok(seats)
+    }
+
+    /// Starts purchasing a hold: checks it is the caller's, active and unexpired, and stops its
+    /// expiry until [`complete_purchase`](Self::complete_purchase) or
+    /// [`abort_purchase`](Self::abort_purchase). Returns the hold.
+    pub async fn begin_purchase(&self, dep: i64, hold_id: &str, owner: &str) -> Result<Hold, BookingError> {
+        let deadline = now_ms() + (self.inner.cfg.purchase_timeout_secs * 1000) as i64;
+        self.transition(dep, || async {
+            let r: Vec<String> = self
+                .inner
+                .scripts
+                .begin
+                .key(hold_key(hold_id))
+                .key(EXPIRY)
+                .key(PURCHASING)
+                .arg(hold_id)
+                .arg(owner)
+                .arg(dep)
+                .arg(now_ms())
+                .arg(deadline)
+                .invoke_async(&mut self.conn())
+                .await?;
+            match r.first().map(String::as_str) {
+                Some("ok") => {
+                    let seats = r.get(1).map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default();
+                    let expires_at = r.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let hold = Hold {
+                        hold_id: hold_id.to_owned(),
+                        departure_id: dep,
+                        owner: owner.to_owned(),
+                        seats,
+                        expires_at,
+                    };
+                    Ok((hold, Vec::new()))
+                }
+                Some("notyours") => Err(BookingError::NotYourHold),
+                Some("purchasing") => Err(BookingError::PurchaseInProgress),
+                _ => Err(BookingError::HoldExpired),
+            }
+        })
+        .await
+    }
+
+    /// Puts a hold back to active after a failed payment (it expires as before).
+    pub async fn abort_purchase(&self, dep: i64, hold_id: &str) -> Result<(), BookingError> {
+        self.transition(dep, || async {
+            let _: i64 = self
+                .inner
+                .scripts
+                .abort
+                .key(hold_key(hold_id))
+                .key(EXPIRY)
+                .key(PURCHASING)
+                .arg(hold_id)
+                .invoke_async(&mut self.conn())
+                .await?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    /// Ends a purchased hold once its tickets are committed: its seats now show as sold.
+    pub async fn complete_purchase(&self, dep: i64, hold_id: &str) -> Result<(), BookingError> {
+        self.transition(dep, || async {
+            let seats = match self.end(dep, hold_id, "", "complete").await {
+                Ok(s) => s,
+                // Already settled (e.g. by a sweeper after a crash): nothing to publish.
+                Err(BookingError::HoldExpired) => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            Ok(((), seats))
+        })
+        .await
+    }
+
+    /// One sweep: frees expired holds and settles purchases past their deadline. Returns the
+    /// number of holds expired by this instance.
+    pub async fn sweep(&self) -> Result<usize, BookingError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(EXPIRY)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(200)
+            .query_async(&mut conn)
+            .await?;
+        let mut expired = 0;
+        for id in due {
+            let Some(dep) = self.hold_departure(&id).await? else { continue };
+            let freed = self
+                .transition(dep, || async {
+                    match self.end(dep, &id, "", "expire").await {
+                        Ok(seats) => Ok((true, seats)),
+                        // Another instance expired it first, or it was released or bought.
+                        Err(_) => Ok((false, Vec::new())),
+                    }
+                })
+                .await?;
+            if freed {
+                expired += 1;
+                self.inner.metrics.holds_expired.inc();
+            }
+        }
+        let stale: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(PURCHASING)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(50)
+            .query_async(&mut conn)
+            .await?;
+        for id in stale {
+            let Some(dep) = self.hold_departure(&id).await? else { continue };
+            let sold = self
+                .inner
+                .db
+                .get()
+                .await?
+                .query_opt("SELECT 1 FROM orders WHERE hold_id = $1", &[&id])
+                .await?
+                .is_some();
+            tracing::warn!(hold = %id, departure = dep, sold, "settling a purchase past its deadline");
+            if sold {
+                self.complete_purchase(dep, &id).await?;
+            } else {
+                self.abort_purchase(dep, &id).await?;
+            }
+        }
+        let active: i64 = redis::pipe()
+            .zcard(EXPIRY)
+            .zcard(PURCHASING)
+            .query_async::<(i64, i64)>(&mut conn)
+            .await
+            .map(|(a, b)| a + b)?;
+        self.inner.metrics.active_holds.set(active);
+        Ok(expired)
+    }
+
+    /// The departure of a hold; drops index entries of holds that no longer exist.
+    async fn hold_departure(&self, id: &str) -> Result<Option<i64>, BookingError> {
+        let mut conn = self.conn();
+        let dep: Option<i64> = redis::cmd("HGET").arg(hold_key(id)).arg("dep").query_async(&mut conn).await?;
+        if dep.is_none() {
+            let _: () =
+                redis::pipe().zrem(EXPIRY, id).ignore().zrem(PURCHASING, id).ignore().query_async(&mut conn).await?;
+        }
+        Ok(dep)
+    }
+
+    /// Runs the sweeper until `cancel` fires.
+    pub async fn run_sweeper(self, cancel: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.inner.cfg.sweep_interval_ms.max(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "hold sweep failed");
+            }
+        }
+    }
+}

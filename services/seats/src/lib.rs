@@ -1,0 +1,137 @@
+//! The seats service: each departure's layout, its live seat map and availability, and seat
+//! holds (`hold`, `release`) with expiry. Resources and methods are documented in `docs/API.md`.
+//!
+//! Holds live in Redis, sold seats in PostgreSQL; all transitions go through
+//! [`booking_core::seatmap::SeatStore`], which keeps events in order across instances.
+
+use booking_core::auth::{caller, require_caller};
+use booking_core::config::{CommonConfig, HoldConfig};
+use booking_core::metrics::BookingMetrics;
+use booking_core::runtime::Deps;
+use booking_core::seatmap::SeatStore;
+use prometheus_client::registry::Registry;
+use res_service::{CallResponse, Handler, ResError, Resource, Service};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// Configuration of the seats binary.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "seats", about = "Seat maps and seat holds (RES service)")]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonConfig,
+    #[command(flatten)]
+    pub holds: HoldConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldParams {
+    seats: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ReleaseParams {
+    hold_id: String,
+}
+
+/// Public read access; calls only with a valid token (handlers check again).
+fn access(req: &res_service::Request, methods: &str) -> res_service::Access {
+    res_service::access(true, if caller(req).is_some() { methods } else { "" })
+}
+
+/// Builds the RES service over a seat store.
+pub fn service(store: SeatStore) -> Service {
+    let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store);
+    Service::new("seats")
+        .handle(
+            "seats.departure.$id",
+            Handler::new()
+                .access(|req| async move { Ok::<_, ResError>(access(&req, "hold,release")) })
+                .get(move |req| {
+                    let store = s1.clone();
+                    async move {
+                        let dep: i64 = req.path_as("id")?;
+                        let map = store.snapshot(dep).await?;
+                        Resource::model(map.states)
+                    }
+                })
+                .call("hold", move |req| {
+                    let store = s2.clone();
+                    async move {
+                        let who = require_caller(&req)?;
+                        let dep: i64 = req.path_as("id")?;
+                        let p: HoldParams = req.params()?;
+                        let hold = store.hold(dep, &who.sub, p.seats).await?;
+                        CallResponse::result(hold)
+                    }
+                })
+                .call("release", move |req| {
+                    let store = s3.clone();
+                    async move {
+                        let who = require_caller(&req)?;
+                        let dep: i64 = req.path_as("id")?;
+                        let p: ReleaseParams = req.params()?;
+                        let owner = if who.is_operator() { None } else { Some(who.sub.as_str()) };
+                        let seats = store.release(dep, &p.hold_id, owner).await?;
+                        CallResponse::result(serde_json::json!({ "holdId": p.hold_id, "seats": seats }))
+                    }
+                }),
+        )
+        .handle(
+            "seats.departure.$id.layout",
+            Handler::new().access(|req| async move { Ok::<_, ResError>(access(&req, "")) }).get(move |req| {
+                let store = s4.clone();
+                async move {
+                    let dep: i64 = req.path_as("id")?;
+                    let info = store.departure(dep).await?;
+                    Resource::model(serde_json::json!({
+                        "departureId": dep,
+                        "seats": res_service::data(&info.seats),
+                    }))
+                }
+            }),
+        )
+        .handle(
+            "seats.departure.$id.availability",
+            Handler::new().access(|req| async move { Ok::<_, ResError>(access(&req, "")) }).get(move |req| {
+                let store = s5.clone();
+                async move {
+                    let dep: i64 = req.path_as("id")?;
+                    Resource::model(store.snapshot(dep).await?.counts())
+                }
+            }),
+        )
+}
+
+/// A running seats service: RES handlers and the hold sweeper.
+pub struct Running {
+    service: res_service::Running,
+    cancel: CancellationToken,
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.sweeper.await;
+        self.service.shutdown().await;
+    }
+}
+
+/// Starts the service on `deps`; registers its metrics in `registry`.
+pub async fn start(
+    deps: Deps,
+    holds: HoldConfig,
+    max_concurrency: usize,
+    registry: &mut Registry,
+) -> Result<Running, res_service::StartError> {
+    let metrics = BookingMetrics::default();
+    metrics.register_holds(registry);
+    let store = SeatStore::new(deps.db, deps.redis, res_service::Events::new(deps.nats.clone()), holds, metrics);
+    let cancel = CancellationToken::new();
+    let sweeper = tokio::spawn(store.clone().run_sweeper(cancel.clone()));
+    let service = service(store).max_concurrency(max_concurrency).with_metrics(registry).start(deps.nats).await?;
+    Ok(Running { service, cancel, sweeper })
+}

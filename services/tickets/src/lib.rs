@@ -1,0 +1,142 @@
+//! The tickets service: purchase from a hold through a payment provider, orders and tickets in
+//! PostgreSQL, "my tickets" as a live collection only its owner (or an operator) may read,
+//! cancellation with refund, and the order domain events. See `docs/API.md`.
+
+pub mod orders;
+pub mod payment;
+
+use booking_core::auth::{Claims, caller, require_caller};
+use booking_core::config::{CommonConfig, HoldConfig};
+use booking_core::lock::Locks;
+use booking_core::metrics::BookingMetrics;
+use booking_core::runtime::Deps;
+use booking_core::seatmap::SeatStore;
+use orders::{Orders, PurchaseParams};
+use payment::PaymentProvider;
+use prometheus_client::registry::Registry;
+use res_service::{Access, CallResponse, Handler, ResError, Resource, Service};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Configuration of the tickets binary.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tickets", about = "Orders and tickets (RES service)")]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonConfig,
+    #[command(flatten)]
+    pub holds: HoldConfig,
+    /// Payment provider; `test` is the built-in sandbox (card numbers decide the outcome).
+    #[arg(long, env = "BOOKING_PAYMENT_PROVIDER", default_value = "test", value_parser = ["test"])]
+    pub payment_provider: String,
+}
+
+fn denied() -> Access {
+    res_service::access(false, "")
+}
+
+/// Whether `who` may see orders of `owner`.
+fn may_see(who: Option<&Claims>, owner: &str) -> bool {
+    who.is_some_and(|c| c.sub == owner || c.is_operator())
+}
+
+pub fn service(orders: Orders) -> Service {
+    let (o1, o2, o3, o4, o5, o6) =
+        (orders.clone(), orders.clone(), orders.clone(), orders.clone(), orders.clone(), orders);
+    Service::new("tickets")
+        .handle(
+            "tickets.orders",
+            Handler::new()
+                .access(|req| async move {
+                    Ok::<_, ResError>(match caller(&req) {
+                        Some(c) => res_service::access(c.is_operator(), "purchase"),
+                        None => denied(),
+                    })
+                })
+                .get(move |_req| {
+                    let orders = o1.clone();
+                    async move {
+                        let ids = orders.list(None).await?;
+                        Resource::collection(
+                            ids.iter().map(|id| res_service::reference(&orders::order_rid(id))).collect::<Vec<_>>(),
+                        )
+                    }
+                })
+                .call("purchase", move |req| {
+                    let orders = o2.clone();
+                    async move {
+                        let who = require_caller(&req)?;
+                        let p: PurchaseParams = req.params()?;
+                        let order = orders.purchase(&who, p).await?;
+                        CallResponse::result(order.summary())
+                    }
+                }),
+        )
+        .handle(
+            "tickets.order.$id",
+            Handler::new()
+                .access(move |req| {
+                    let orders = o3.clone();
+                    async move {
+                        let who = caller(&req);
+                        let Some(order) = orders.load(req.path("id")).await? else {
+                            return Ok::<_, ResError>(denied());
+                        };
+                        Ok(if may_see(who.as_ref(), &order.user_id) {
+                            res_service::access(true, "cancel")
+                        } else {
+                            denied()
+                        })
+                    }
+                })
+                .get(move |req| {
+                    let orders = o4.clone();
+                    async move {
+                        let order = orders.load(req.path("id")).await?.ok_or_else(ResError::not_found)?;
+                        Resource::model(order.model())
+                    }
+                })
+                .call("cancel", move |req| {
+                    let orders = o5.clone();
+                    async move {
+                        let who = require_caller(&req)?;
+                        let order = orders.cancel(&who, req.path("id")).await?;
+                        CallResponse::result(order.summary())
+                    }
+                }),
+        )
+        .handle(
+            "tickets.user.$sub",
+            Handler::new()
+                .access(|req| async move {
+                    let who = caller(&req);
+                    Ok::<_, ResError>(res_service::access(may_see(who.as_ref(), req.path("sub")), ""))
+                })
+                .get(move |req| {
+                    let orders = o6.clone();
+                    async move {
+                        let ids = orders.list(Some(req.path("sub"))).await?;
+                        Resource::collection(
+                            ids.iter().map(|id| res_service::reference(&orders::order_rid(id))).collect::<Vec<_>>(),
+                        )
+                    }
+                }),
+        )
+}
+
+/// Starts the service on `deps` with a payment provider; registers its metrics in `registry`.
+pub async fn start(
+    deps: Deps,
+    holds: HoldConfig,
+    payments: Arc<dyn PaymentProvider>,
+    max_concurrency: usize,
+    registry: &mut Registry,
+) -> Result<res_service::Running, res_service::StartError> {
+    let metrics = BookingMetrics::default();
+    metrics.register_sales(registry);
+    let events = res_service::Events::new(deps.nats.clone());
+    let store = SeatStore::new(deps.db, deps.redis.clone(), events, holds, metrics.clone());
+    let locks = Locks::new(deps.redis, Duration::from_secs(10), Duration::from_secs(8));
+    let orders = Orders { store, payments, locks, metrics };
+    service(orders).max_concurrency(max_concurrency).with_metrics(registry).start(deps.nats).await
+}
