@@ -1,0 +1,428 @@
+//! The HTTP/WebSocket front: accepting connections, upgrades, and each connection's task loop.
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::conn::{Conn, ConnMsg, ConnTx};
+use crate::http_api;
+use crate::metrics::Metrics;
+use crate::nats::Nats;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use res_protocol::ResError;
+use res_protocol::service::{self, Access, CallResult, HttpContext, Meta, RequestFields, TokenEvent};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+pub type Body = Full<Bytes>;
+
+/// What every connection and request handler shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub cache: Cache,
+    pub nats: Nats,
+    pub metrics: Arc<Metrics>,
+    /// Live connections by connection ID, for `conn.<cid>.*` events and broadcasts.
+    pub conns: Mutex<HashMap<Arc<str>, ConnTx>>,
+    next_conn: AtomicU64,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn new(
+        config: Arc<Config>,
+        cache: Cache,
+        nats: Nats,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Shared {
+        Shared {
+            config,
+            cache,
+            nats,
+            metrics,
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            shutdown,
+        }
+    }
+
+    /// An access request for a resource (`key` as services see it).
+    pub async fn access(&self, key: &str, payload: Vec<u8>) -> Result<Access, ResError> {
+        self.access_meta(key, payload).await.0
+    }
+
+    pub async fn access_meta(&self, key: &str, payload: Vec<u8>) -> (Result<Access, ResError>, Option<Meta>) {
+        let (name, _) = res_protocol::rid::split_query(key);
+        match self.nats.request("access", &format!("access.{name}"), payload).await {
+            Ok(p) => service::decode_access(&p),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    /// A call or auth request.
+    pub async fn call(&self, subject: &str, payload: Vec<u8>) -> Result<CallResult, ResError> {
+        self.call_meta(subject, payload).await.0
+    }
+
+    pub async fn call_meta(&self, subject: &str, payload: Vec<u8>) -> (Result<CallResult, ResError>, Option<Meta>) {
+        let kind = if subject.starts_with("auth.") { "auth" } else { "call" };
+        match self.nats.request(kind, subject, payload).await {
+            Ok(p) => service::decode_call(&p),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a message to every connection.
+    pub fn broadcast(&self, make: impl Fn() -> ConnMsg) {
+        for tx in self.conns.lock().values() {
+            tx.send(make());
+        }
+    }
+
+    /// Whether the request's Origin is allowed (no Origin, or `null`, always is).
+    pub fn origin_allowed(&self, origin: Option<&HeaderValue>) -> bool {
+        let allow = &self.config.allow_origin;
+        match origin.and_then(|o| o.to_str().ok()) {
+            None | Some("null") => true,
+            Some(o) => allow.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o)),
+        }
+    }
+}
+
+/// A connection ID: 20 characters of base32hex, like Resgate's xid-based IDs.
+pub fn new_cid() -> Arc<str> {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
+    let mut bits: u128 = rand::random();
+    let mut s = String::with_capacity(20);
+    for _ in 0..20 {
+        s.push(ALPHABET[(bits & 31) as usize] as char);
+        bits >>= 5;
+    }
+    Arc::from(s)
+}
+
+/// Accepts connections until shutdown.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        match tls.clone() {
+            None => {
+                tokio::spawn(serve_io(stream, remote, shared));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_io(tls_stream, remote, shared).await,
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn serve_io<I>(io: I, remote: SocketAddr, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(req, remote, shared).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%remote, error = %e, "http connection ended with an error");
+    }
+}
+
+async fn route(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+    let path = req.uri().path();
+    if path == shared.config.ws_path {
+        return ws_upgrade(req, remote, shared).await;
+    }
+    if path.starts_with(&shared.config.api_path) {
+        return http_api::handle(req, remote, shared).await;
+    }
+    simple(StatusCode::NOT_FOUND, "404 page not found\n")
+}
+
+pub fn simple(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// The HTTP context services see in auth requests.
+pub fn http_context<B>(req: &Request<B>, remote: SocketAddr) -> HttpContext {
+    let mut header: service::Header = service::Header::new();
+    for (name, value) in req.headers() {
+        if let Ok(v) = value.to_str() {
+            header.entry(service::canonical_header_key(name.as_str())).or_default().push(v.to_owned());
+        }
+    }
+    HttpContext {
+        header,
+        host: req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned(),
+        remote_addr: remote.to_string(),
+        uri: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+    }
+}
+
+/// Calls a header-auth method (headerAuth / wsHeaderAuth) for a connection being set up.
+pub async fn header_auth(
+    shared: &Shared,
+    method: &str,
+    cid: &str,
+    http: &HttpContext,
+) -> (Result<CallResult, ResError>, Option<Meta>) {
+    let (rid, m) = method.rsplit_once('.').expect("validated at start");
+    let rid = res_protocol::rid::replace_cid(rid, cid);
+    let (name, query) = res_protocol::rid::split_query(&rid);
+    let payload = RequestFields { cid, token: None, query, params: None, is_http: true }.encode_with(Some(http));
+    shared.call_meta(&format!("auth.{name}.{m}"), payload).await
+}
+
+async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+    let headers = req.headers();
+    let is_upgrade =
+        headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let Some(key) = key.filter(|_| is_upgrade && req.method() == http::Method::GET) else {
+        return simple(StatusCode::BAD_REQUEST, "Bad Request\n");
+    };
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        let mut r = simple(StatusCode::BAD_REQUEST, "Unsupported WebSocket version\n");
+        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    }
+    if !shared.origin_allowed(headers.get(header::ORIGIN)) {
+        return http_api::error_response(&shared, &ResError::forbidden_origin(), None);
+    }
+    if *shared.shutdown.borrow() {
+        return simple(StatusCode::SERVICE_UNAVAILABLE, "Shutting down\n");
+    }
+
+    let cid = new_cid();
+    let http = http_context(&req, remote);
+    let (tx, rx) = ConnTx::new(shared.config.max_outbound_bytes);
+    // Registered before wsHeaderAuth, so the token event the auth service sends reaches it.
+    shared.conns.lock().insert(cid.clone(), tx.clone());
+    let mut extra_headers = None;
+    if let Some(method) = shared.config.ws_header_auth.clone() {
+        let (result, meta) = header_auth(&shared, &method, &cid, &http).await;
+        if let Some(meta) = meta {
+            if !meta.has_valid_status() {
+                tracing::error!(status = ?meta.status, "wsHeaderAuth meta status outside 300..599 ignored");
+            } else if meta.is_direct_response_status() {
+                shared.conns.lock().remove(&cid);
+                let location = match &result {
+                    Ok(CallResult::Resource(rid)) => Some(http_api::rid_to_path(&shared.config.api_path, rid)),
+                    _ => None,
+                };
+                return http_api::meta_response(&shared, &meta, result.as_ref().err(), location);
+            }
+            extra_headers = meta.header;
+        }
+        if let Err(e) = result {
+            tracing::debug!(%cid, error = %e, "wsHeaderAuth failed; connecting without token");
+        }
+    }
+
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    if let Some(extra) = extra_headers {
+        http_api::apply_meta_headers(h, &extra);
+    }
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let mut cfg = WebSocketConfig::default();
+                cfg.max_message_size = Some(shared.config.max_inbound_frame);
+                cfg.max_frame_size = Some(shared.config.max_inbound_frame);
+                cfg.read_buffer_size = 4096;
+                cfg.write_buffer_size = 0;
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
+                run_connection(ws, shared, cid, tx, rx, http).await;
+            }
+            Err(e) => {
+                shared.conns.lock().remove(&cid);
+                tracing::debug!(error = %e, "websocket upgrade failed");
+            }
+        }
+    });
+    resp
+}
+
+/// The connection task: reads requests, drains the inbox, writes frames, keeps the socket alive.
+async fn run_connection<S>(
+    ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    cid: Arc<str>,
+    tx: ConnTx,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ConnMsg>,
+    http: HttpContext,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = shared.next_conn_id();
+    let span = tracing::debug_span!("conn", %cid, remote = %http.remote_addr);
+    let _enter = span.enter();
+    shared.metrics.ws_connections.inc();
+    shared.metrics.ws_current_connections.inc();
+    tracing::debug!("connected");
+    let mut conn = Conn::new(id, cid.clone(), shared.clone(), tx.clone(), http);
+    let (mut sink, mut stream) = ws.split();
+    let cfg = &shared.config;
+    let idle = Duration::from_millis(cfg.idle_timeout.max(1));
+    let ping_every = Duration::from_millis(if cfg.ping_interval == 0 { 3_600_000 } else { cfg.ping_interval });
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_seen = Instant::now();
+    let mut ping_due = false;
+    let mut shutdown = shared.shutdown.clone();
+    // Tokens set before the connection existed (wsHeaderAuth) are already in the inbox.
+    let close: Option<CloseFrame> = loop {
+        tokio::select! {
+            biased;
+            _ = tx.killed() => {
+                shared.metrics.slow_client_disconnects.inc();
+                tracing::warn!(%cid, limit = cfg.max_outbound_bytes, "slow client disconnected: outbound queue exceeded");
+                break Some(close_frame(CloseCode::Again, "slow client: outbound queue exceeded"));
+            }
+            _ = shutdown.changed() => break Some(close_frame(CloseCode::Away, "server shutting down")),
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break None };
+                conn.handle_msg(msg);
+                // Drain what is already queued so the writes below batch into one flush.
+                for _ in 0..256 {
+                    match rx.try_recv() {
+                        Ok(m) => conn.handle_msg(m),
+                        Err(_) => break,
+                    }
+                }
+            }
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(t))) => {
+                    last_seen = Instant::now();
+                    conn.handle_frame(t.as_bytes());
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    last_seen = Instant::now();
+                    conn.handle_frame(&b);
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => last_seen = Instant::now(),
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Err(WsError::Capacity(e))) => {
+                    tracing::info!(%cid, error = %e, "client message too large");
+                    break Some(close_frame(CloseCode::Size, "message too large"));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(%cid, error = %e, "websocket read error");
+                    break None;
+                }
+            },
+            _ = ping.tick() => {
+                if last_seen.elapsed() > idle {
+                    tracing::info!(%cid, "idle timeout");
+                    break Some(close_frame(CloseCode::Away, "idle timeout"));
+                }
+                ping_due = cfg.ping_interval > 0;
+            }
+        }
+        if !conn.out.is_empty() || ping_due {
+            let frames = std::mem::take(&mut conn.out);
+            let ping = std::mem::take(&mut ping_due);
+            let write = async {
+                for f in frames {
+                    sink.feed(Message::Text(f)).await?;
+                }
+                if ping {
+                    sink.feed(Message::Ping(Bytes::new())).await?;
+                }
+                sink.flush().await
+            };
+            let result = tokio::select! {
+                r = write => r,
+                _ = tx.killed() => {
+                    shared.metrics.slow_client_disconnects.inc();
+                    tracing::warn!(%cid, "slow client disconnected while writing");
+                    break None;
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%cid, error = %e, "websocket write error");
+                break None;
+            }
+        }
+    };
+    if let Some(frame) = close {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+    }
+    shared.conns.lock().remove(&cid);
+    conn.dispose();
+    shared.metrics.ws_current_connections.dec();
+    tracing::debug!("disconnected");
+}
+
+fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame { code, reason: reason.into() }
+}
+
+/// Routes `conn.<cid>.<event>` messages to the connection.
+pub fn conn_event(shared: &Shared, subject: &str, payload: &[u8]) {
+    let mut parts = subject.splitn(3, '.');
+    let (Some("conn"), Some(cid), Some(event)) = (parts.next(), parts.next(), parts.next()) else { return };
+    if event != "token" {
+        return;
+    }
+    let Some(tx) = shared.conns.lock().get(cid).cloned() else { return };
+    match serde_json::from_slice::<TokenEvent>(payload) {
+        Ok(ev) => {
+            tx.send(ConnMsg::Token(ev));
+        }
+        Err(e) => tracing::warn!(cid, error = %e, "malformed token event"),
+    }
+}
