@@ -47,6 +47,8 @@ missing=()
 for pkg in "${!PACKAGES[@]}"; do
   [[ -e "${PACKAGES[$pkg]}" ]] || missing+=("$pkg")
 done
+# The swarm checks need only the docker client (no engine); docker.io provides it on Debian.
+command -v docker >/dev/null || missing+=(docker.io)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -q

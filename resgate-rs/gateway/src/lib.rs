@@ -64,6 +64,11 @@ impl Gateway {
     /// serving.
     pub async fn start(mut config: Config) -> Result<Gateway, GatewayError> {
         config.prepare()?;
+        if config.ws_compression {
+            // Deliberate difference from Resgate: tokio-tungstenite has no permessage-deflate, so
+            // the extension is simply not negotiated and clients fall back to plain frames.
+            tracing::warn!("wsCompression is not supported by resgate-rs; connections are not compressed");
+        }
         let config = Arc::new(config);
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));

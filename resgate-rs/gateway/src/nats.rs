@@ -80,6 +80,8 @@ impl Nats {
         let (events_tx, _) = broadcast::channel(16);
         let tx = events_tx.clone();
         let m = metrics.clone();
+        // The first Connected event is the initial connection, not a reconnect.
+        let was_disconnected = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut opts = async_nats::ConnectOptions::new()
             .name("resgate-rs")
             .no_echo()
@@ -93,7 +95,8 @@ impl Nats {
             .event_callback(move |event| {
                 let tx = tx.clone();
                 let m = m.clone();
-                async move { on_event(event, &tx, &m) }
+                let was_disconnected = was_disconnected.clone();
+                async move { on_event(event, &tx, &m, &was_disconnected) }
             });
         if let Some(creds) = settings.creds {
             opts = opts.credentials_file(creds).await.map_err(NatsError::Credentials)?;
@@ -176,8 +179,16 @@ impl Nats {
     }
 }
 
-fn on_event(event: async_nats::Event, tx: &broadcast::Sender<ConnectionEvent>, metrics: &Metrics) {
+fn on_event(
+    event: async_nats::Event,
+    tx: &broadcast::Sender<ConnectionEvent>,
+    metrics: &Metrics,
+    was_disconnected: &std::sync::atomic::AtomicBool,
+) {
     match event {
+        async_nats::Event::Connected if !was_disconnected.swap(false, Ordering::Relaxed) => {
+            metrics.nats_connected.set(1);
+        }
         async_nats::Event::Connected => {
             metrics.nats_connected.set(1);
             metrics.nats_reconnects.inc();
@@ -185,6 +196,7 @@ fn on_event(event: async_nats::Event, tx: &broadcast::Sender<ConnectionEvent>, m
             let _ = tx.send(ConnectionEvent::Reconnected);
         }
         async_nats::Event::Disconnected => {
+            was_disconnected.store(true, Ordering::Relaxed);
             metrics.nats_connected.set(0);
             tracing::warn!("lost the NATS connection; reconnecting");
         }
