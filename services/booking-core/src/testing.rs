@@ -201,3 +201,66 @@ impl ModelSubscriber {
         true
     }
 }
+
+/// A service binary started against the test servers, with its admin endpoint on a free port.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub admin_port: u16,
+}
+
+impl Binary {
+    /// Starts `path` with the `BOOKING_*` variables pointing at `env` plus `extra`, and waits
+    /// until its admin endpoint listens (it starts after the RES subscriptions).
+    pub fn start(path: &str, env: &Env, extra: &[(&str, &str)]) -> Binary {
+        let admin_port = res_testkit::free_port();
+        let child = std::process::Command::new(path)
+            .env("BOOKING_NATS_URL", env.nats.url())
+            .env("BOOKING_DATABASE_URL", &env.db_url)
+            .env("BOOKING_REDIS_URL", env.redis.url())
+            .env("BOOKING_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the service binary");
+        assert!(res_testkit::wait_for_port(admin_port, Duration::from_secs(30)), "admin endpoint did not listen");
+        Binary { child, admin_port }
+    }
+
+    /// A plain HTTP/1.0 GET on the admin endpoint: (status line, body).
+    pub fn admin_get(&self, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("connect admin");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(std::time::Instant::now() < deadline, "no exit within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -84,8 +84,8 @@ impl Order {
             "status": self.status,
             "totalCents": self.total_cents,
             "currency": self.currency,
-            "createdAt": self.created_at.to_rfc3339(),
-            "cancelledAt": self.cancelled_at.map(|t| t.to_rfc3339()),
+            "createdAt": ts(self.created_at),
+            "cancelledAt": self.cancelled_at.map(ts),
             "tickets": res_service::data(&self.tickets),
         })
     }
@@ -124,6 +124,11 @@ pub struct Orders {
     pub payments: Arc<dyn PaymentProvider>,
     pub locks: Locks,
     pub metrics: BookingMetrics,
+}
+
+/// RFC 3339 in UTC with milliseconds (`2026-11-22T03:50:00.123Z`).
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn new_id(prefix: char) -> String {
@@ -399,7 +404,7 @@ impl Orders {
             &order_rid(order_id),
             serde_json::json!({
                 "status": order.status,
-                "cancelledAt": order.cancelled_at.map(|t| t.to_rfc3339()),
+                "cancelledAt": order.cancelled_at.map(ts),
                 "tickets": res_service::data(&order.tickets),
             }),
         )

@@ -77,6 +77,7 @@ async fn purchase_cancel_and_every_refusal_as_a_res_error() {
     let inst = Instances::start(&env, 1, 600).await;
     let c = env.nats_client().await;
     let mut domain = c.subscribe("booking.events.order.>").await.unwrap();
+    let mut mine_events = c.subscribe("event.tickets.user.alice.>").await.unwrap();
     let map_rid = format!("seats.departure.{dep}");
     let mut map = ModelSubscriber::start(&c, &map_rid).await;
     let (alice, bob, op) = (token("alice", &["customer"]), token("bob", &["customer"]), token("olga", &["operator"]));
@@ -109,6 +110,12 @@ async fn purchase_cancel_and_every_refusal_as_a_res_error() {
     // 120 km, 2 days out: 4.90 + 19.20 = 24.10 per second-class seat (2 of 12 seats occupied).
     assert_eq!(order["totalCents"], 2 * 2410);
     assert!(map.wait_for(Duration::from_secs(5), |m| m["1-01A"] == "sold" && m["1-03D"] == "sold").await);
+
+    // "My tickets" grows live: the add event was published before the reply.
+    let add = tokio::time::timeout(Duration::from_secs(5), mine_events.next()).await.unwrap().unwrap();
+    assert_eq!(add.subject.as_str(), "event.tickets.user.alice.add");
+    let add: serde_json::Value = serde_json::from_slice(&add.payload).unwrap();
+    assert_eq!(add, serde_json::json!({"value": {"rid": format!("tickets.order.{order_id}")}, "idx": 0}));
 
     // Idempotent replay: same key, same order, no second charge.
     let again = buy(&alice, purchase_params(dep, &hold, APPROVE, "k2")).await.unwrap();
