@@ -307,7 +307,7 @@ done
 
 # ---------------------------------------------------------------- gateway and web app
 GW_FLAGS=(-n "nats://$HOST:$NATS_PORT" -i "$HOST" -p "$GATEWAY_PORT")
-has identity-auth && GW_FLAGS+=(--headauth identity.header --wsheadauth identity.header)
+has identity-auth && GW_FLAGS+=(--headauth identity.session.header --wsheadauth identity.session.header)
 launch gateway "$BIN/resgate-rs" "${GW_FLAGS[@]}"
 wait_for gateway "port $GATEWAY_PORT" 30 port_busy "$GATEWAY_PORT"
 

@@ -40,6 +40,9 @@ pub struct Config {
     /// Public OIDC client of the app (Authorization Code + PKCE).
     #[arg(long, env = "WEB_OIDC_CLIENT_ID", default_value = "booking-web")]
     pub oidc_client_id: String,
+    /// RES resource of the identity service's auth methods (`login`, `logout`).
+    #[arg(long, env = "WEB_AUTH_RID", default_value = "identity.session")]
+    pub auth_rid: String,
     /// Directory of the built front end (index.html, assets/).
     #[arg(long, env = "WEB_STATIC_DIR", default_value = DEFAULT_STATIC_DIR)]
     pub static_dir: PathBuf,
@@ -89,6 +92,7 @@ impl App {
         })?;
         let config_json = serde_json::to_vec(&serde_json::json!({
             "gatewayUrl": cfg.gateway_url,
+            "authRid": cfg.auth_rid,
             "oidc": { "issuer": cfg.oidc_issuer.trim_end_matches('/'), "clientId": cfg.oidc_client_id },
         }))
         .expect("serialize config");

@@ -47,6 +47,7 @@ async fn serves_config_static_files_and_security_headers() {
         gateway_url: "wss://gw.example:8443/".into(),
         oidc_issuer: "https://id.example/realms/booking/".into(),
         oidc_client_id: "booking-web".into(),
+        auth_rid: "identity.session".into(),
         static_dir: dir.path().to_owned(),
         shutdown_timeout_ms: 1000,
     };
@@ -64,6 +65,7 @@ async fn serves_config_static_files_and_security_headers() {
         json,
         serde_json::json!({
             "gatewayUrl": "wss://gw.example:8443/",
+            "authRid": "identity.session",
             "oidc": { "issuer": "https://id.example/realms/booking", "clientId": "booking-web" }
         })
     );
@@ -107,6 +109,7 @@ fn rejects_bad_urls() {
         gateway_url: "http://not-a-websocket".into(),
         oidc_issuer: "http://127.0.0.1:8180/realms/booking".into(),
         oidc_client_id: "booking-web".into(),
+        auth_rid: "identity.session".into(),
         static_dir: ".".into(),
         shutdown_timeout_ms: 0,
     };

@@ -38,7 +38,7 @@ export function errorMessage(err) {
     return `Payment declined${reason ? `: ${reason[1]}` : ''}. Please use another card.`;
   }
   if (code === 'booking.seatTaken') {
-    const seats = String(err.message || '').split(':')[1]?.trim();
+    const seats = err.data?.seats?.join(', ') || String(err.message || '').split(':')[1]?.trim();
     return seats ? `Sorry, seat ${seats} was just taken by someone else.` : MESSAGES[code];
   }
   if (code === 'system.invalidParams' && err.message) return `Invalid input: ${err.message}`;

@@ -7,12 +7,12 @@ import { UserManager, WebStorageStateStore } from 'oidc-client-ts';
 import ResClient from 'resclient';
 import { Emitter } from './dom.js';
 
-const AUTH_RID = 'auth.identity';
 
 export class Session extends Emitter {
   /** @param {{gatewayUrl: string, oidc: {issuer: string, clientId: string}}} config */
   constructor(config) {
     super();
+    this.authRid = config.authRid || 'identity.session';
     const origin = window.location.origin;
     this.oidc = new UserManager({
       authority: config.oidc.issuer,
@@ -109,7 +109,7 @@ export class Session extends Emitter {
   async signOut() {
     const user = this.user;
     try {
-      if (this.connected) await this.client.authenticate(AUTH_RID, 'logout', {});
+      if (this.connected) await this.client.authenticate(this.authRid, 'logout', {});
     } catch (e) {
       console.warn('logout on the gateway failed', e);
     }
@@ -131,7 +131,7 @@ export class Session extends Emitter {
   async #authenticate(why) {
     if (!this.user?.access_token) return;
     try {
-      await this.client.authenticate(AUTH_RID, 'login', { token: this.user.access_token });
+      await this.client.authenticate(this.authRid, 'login', { token: this.user.access_token });
       this.authenticated = true;
       this.emit('authenticated', why);
     } catch (e) {
