@@ -20,7 +20,7 @@ export const PORTS = {
   pg: BASE + 432,
   admin: BASE + 101,
 };
-export const HOLD_TTL_SECS = Number(process.env.E2E_HOLD_TTL_SECS || 10);
+export const HOLD_TTL_SECS = Number(process.env.E2E_HOLD_TTL_SECS || 30);
 export const WEB = `http://127.0.0.1:${PORTS.web}`;
 export const API = `http://127.0.0.1:${PORTS.gateway}/api`;
 

@@ -57,7 +57,7 @@ async function main() {
 
   await session.start();
   const r = route();
-  await search.mount(r);
+  await search.mount({ from: r.from, to: r.to, date: r.date });
   if (r.dep) openDeparture(r.dep, false);
   tickets.load();
 
@@ -66,7 +66,7 @@ async function main() {
     if (p.dep) openDeparture(p.dep, false);
     else {
       departure.close();
-      if (p.from && p.to && p.date) search.search(p, false);
+      if (p.from && p.to && p.date) search.search({ from: p.from, to: p.to, date: p.date }, false);
     }
   });
   document.body.dataset.ready = 'true';
