@@ -18,7 +18,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("listen on {} (WEB_ADDR)", cfg.addr))?;
     tracing::info!(addr = %listener.local_addr()?, gateway = %cfg.gateway_url, issuer = %cfg.oidc_issuer, "web app listening");
     let cancel = CancellationToken::new();
-    let server = tokio::spawn(web::serve(listener, app, cancel.clone(), Duration::from_millis(cfg.shutdown_timeout_ms)));
+    let server =
+        tokio::spawn(web::serve(listener, app, cancel.clone(), Duration::from_millis(cfg.shutdown_timeout_ms)));
     shutdown_signal().await;
     tracing::info!("shutting down");
     cancel.cancel();
