@@ -92,7 +92,8 @@ mod tests {
 
     #[test]
     fn defaults_and_validator_settings() {
-        let c = Config::try_parse_from(["identity-auth", "--issuer-url", "https://id.example.com/realms/booking"]).unwrap();
+        let c =
+            Config::try_parse_from(["identity-auth", "--issuer-url", "https://id.example.com/realms/booking"]).unwrap();
         assert_eq!(c.admin_addr.to_string(), "0.0.0.0:9100");
         let v = c.validator_config();
         assert_eq!(v.audience, "booking-api");

@@ -158,11 +158,7 @@ impl Auth {
         self.requests.get_or_create(&RequestLabels { method, result }).inc();
     }
 
-    async fn finish(
-        &self,
-        method: &'static str,
-        r: Result<CallResponse, Failure>,
-    ) -> Result<CallResponse, ResError> {
+    async fn finish(&self, method: &'static str, r: Result<CallResponse, Failure>) -> Result<CallResponse, ResError> {
         match r {
             Ok(v) => {
                 self.count(method, "ok");
@@ -264,6 +260,11 @@ impl Auth {
         // is gone after one request.
         let track = !req.is_http() || is_websocket_upgrade(header);
         self.set_token(cid, &token, track).await?;
+        // Let the server ack the token event before the reply goes out. NATS already orders the
+        // two, but resgate-rs routes token events and replies through different tasks and reads
+        // the HTTP request's token right after the reply; the extra round trip gives the token
+        // event a head start (mitigation only, see the README).
+        let _ = self.client.flush().await;
         tracing::debug!(cid, sub = %token.sub, track, "header auth");
         CallResponse::result(&token).map_err(|e| ("error", e))
     }
@@ -293,7 +294,9 @@ impl Auth {
             token: Option<ConnToken>,
         }
         let tracked_exp = match (&from, header(TRACK_HEADER)) {
-            (Some(_), Some(_)) => serde_json::from_slice::<Event>(&msg.payload).ok().and_then(|e| e.token).map(|t| t.exp),
+            (Some(_), Some(_)) => {
+                serde_json::from_slice::<Event>(&msg.payload).ok().and_then(|e| e.token).map(|t| t.exp)
+            }
             _ => None,
         };
         match tracked_exp {
@@ -392,10 +395,8 @@ impl IdentityAuth {
             "Auth requests by method (login, logout, header) and result (ok, invalid, expired, error, none)",
             requests.clone(),
         );
-        registry.register_collector(Box::new(StateCollector {
-            validator: validator.clone(),
-            schedule: schedule.clone(),
-        }));
+        registry
+            .register_collector(Box::new(StateCollector { validator: validator.clone(), schedule: schedule.clone() }));
         let auth = Arc::new(Auth {
             validator: validator.clone(),
             schedule: schedule.clone(),
@@ -453,7 +454,10 @@ impl IdentityAuth {
         };
         let svc = Service::new(SERVICE).with_metrics(registry).handle(
             RID,
-            Handler::new().auth("login", method("login")).auth("logout", method("logout")).auth("header", method("header")),
+            Handler::new()
+                .auth("login", method("login"))
+                .auth("logout", method("logout"))
+                .auth("header", method("header")),
         );
         let running = svc.start(client).await.map_err(StartError::Service)?;
         tracing::info!(rid = RID, header_auth = HEADER_AUTH, "identity-auth serving");

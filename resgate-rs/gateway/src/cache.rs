@@ -160,12 +160,23 @@ struct EntryState {
 pub struct Entry {
     pub key: Arc<str>,
     loaded: OnceCell<Result<(), ResError>>,
+    /// Set when the service normalised this entry's query to one already cached: that entry
+    /// serves both.
+    alias: std::sync::OnceLock<Arc<Entry>>,
+    /// Every cache key that resolves to this entry (its own, plus aliased queries).
+    keys: Mutex<Vec<Arc<str>>>,
     state: Mutex<EntryState>,
 }
 
 impl Entry {
     fn new(key: Arc<str>) -> Entry {
-        Entry { key, loaded: OnceCell::new(), state: Mutex::new(EntryState::default()) }
+        Entry {
+            keys: Mutex::new(vec![key.clone()]),
+            key,
+            loaded: OnceCell::new(),
+            alias: std::sync::OnceLock::new(),
+            state: Mutex::new(EntryState::default()),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -464,7 +475,7 @@ impl Cache {
         };
         let result = entry.loaded.get_or_init(|| self.fetch(&entry)).await.clone();
         match result {
-            Ok(()) => Ok(entry),
+            Ok(()) => Ok(entry.alias.get().cloned().unwrap_or(entry)),
             Err(e) => {
                 self.remove_entry(&entry);
                 Err(e)
@@ -477,21 +488,55 @@ impl Cache {
         self.ensure_event_subscription(name, &entry.key).await?;
         let payload = self.0.nats.request("get", &format!("get.{name}"), service::get_request(query)).await?;
         let result = service::decode_get(&payload)?;
+        let normalized = query.and(result.query);
+        if let Some(q) = &normalized {
+            // Queries that normalise alike share one entry, as in Resgate. The canonical key starts
+            // with NUL, which no resource ID can, so a client asking for the normalised query
+            // itself still gets a get request of its own (as with Resgate) before sharing.
+            let canonical: Arc<str> = Arc::from(format!("\0{name}?{q}"));
+            let mut entries = self.0.entries.lock();
+            match entries.get(&canonical) {
+                Some(existing) if !Arc::ptr_eq(existing, entry) && existing.is_ready() => {
+                    let existing = existing.clone();
+                    entries.insert(entry.key.clone(), existing.clone());
+                    existing.keys.lock().push(entry.key.clone());
+                    let _ = entry.alias.set(existing);
+                    return Ok(());
+                }
+                Some(_) => {}
+                None => {
+                    entries.insert(canonical.clone(), entry.clone());
+                    entry.keys.lock().push(canonical.clone());
+                    drop(entries);
+                    if let Some(ns) = self.0.names.lock().get_mut(name) {
+                        ns.keys.insert(canonical);
+                    }
+                }
+            }
+        }
         let mut st = entry.state.lock();
         st.data = Some(result.data);
-        st.query = query.and(result.query);
+        st.query = normalized;
         drop(st);
         self.schedule_eviction(entry.key.clone());
         Ok(())
     }
 
+    /// Removes every key that resolves to `entry`.
     fn remove_entry(&self, entry: &Arc<Entry>) {
+        let keys = entry.keys.lock().clone();
         let mut entries = self.0.entries.lock();
-        if entries.get(&entry.key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
-            entries.remove(&entry.key);
-            self.0.metrics.cache_resources.set(entries.len() as i64);
-            drop(entries);
-            self.forget_name_key(entry.name(), &entry.key);
+        let mut removed = Vec::new();
+        for k in keys {
+            if entries.get(&k).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+                entries.remove(&k);
+                removed.push(k);
+            }
+        }
+        self.0.metrics.cache_resources.set(entries.len() as i64);
+        drop(entries);
+        for k in removed {
+            self.forget_name_key(entry.name(), &k);
         }
     }
 
@@ -605,6 +650,8 @@ impl Cache {
             .filter(|e| e.is_ready() && patterns.iter().any(|p| p.matches(e.name())))
             .cloned()
             .collect();
+        let mut seen = HashSet::new();
+        let targets: Vec<Arc<Entry>> = targets.into_iter().filter(|e| seen.insert(Arc::as_ptr(e) as usize)).collect();
         let throttle =
             Arc::new(Semaphore::new(if self.0.reset_throttle > 0 { self.0.reset_throttle } else { 1 << 20 }));
         let refreshes = targets.into_iter().map(|e| {
@@ -745,20 +792,21 @@ async fn evictor(cache: std::sync::Weak<Inner>) {
         let cache = Cache(inner);
         let mut requeue = Vec::new();
         for key in due {
-            let mut entries = cache.0.entries.lock();
+            let entries = cache.0.entries.lock();
             let Some(e) = entries.get(&key) else { continue };
             if e.subscriber_count() > 0 {
                 continue;
             }
-            if Arc::strong_count(e) > 1 {
+            // The map holds one reference per key; anything beyond is a request or a connection.
+            let map_refs = e.keys.lock().len();
+            if Arc::strong_count(e) > map_refs {
                 requeue.push(key);
                 continue;
             }
-            let e = entries.remove(&key).expect("present");
-            cache.0.metrics.cache_resources.set(entries.len() as i64);
+            let e = e.clone();
             drop(entries);
             tracing::debug!(rid = %key, "evicted from cache");
-            cache.forget_name_key(e.name(), &e.key);
+            cache.remove_entry(&e);
         }
         for key in requeue {
             cache.schedule_eviction(key);

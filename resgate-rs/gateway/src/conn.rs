@@ -45,6 +45,8 @@ pub enum ConnMsg {
     Token(TokenEvent),
     TokenReset(Arc<SystemTokenReset>),
     AccessReset(Arc<Vec<ResourcePattern>>),
+    /// Marks a point in the message order (see `Shared::collect_token`).
+    Fence,
     /// Missing resources finished loading for the blocked operation.
     Unblock {
         pins: Vec<Arc<Entry>>,
@@ -202,6 +204,9 @@ pub struct Conn {
     tid: Option<String>,
     http: Arc<HttpContext>,
     subs: HashMap<Arc<str>, Sub>,
+    /// Resource IDs the cache resolved to another entry's ID (query resources whose queries
+    /// normalise to the same one): requested ID → the entry's ID, which keys `subs`.
+    aliases: HashMap<Arc<str>, Arc<str>>,
     blocked: Option<Pending>,
     queue: VecDeque<ConnMsg>,
     /// Frames to write.
@@ -220,10 +225,17 @@ impl Conn {
             tid: None,
             http: Arc::new(http),
             subs: HashMap::new(),
+            aliases: HashMap::new(),
             blocked: None,
             queue: VecDeque::new(),
             out: Vec::new(),
         }
+    }
+
+    /// Sets the token obtained by wsHeaderAuth before the connection started.
+    pub fn set_initial_token(&mut self, ev: TokenEvent) {
+        self.tid = ev.tid.clone();
+        self.token = ev.into_token().map(Arc::from);
     }
 
     fn legacy(&self) -> bool {
@@ -267,7 +279,7 @@ impl Conn {
             }
         };
         let started = Instant::now();
-        let method = match Method::parse(&req.method) {
+        let method = match Method::parse(req.method()) {
             Ok(m) => m,
             Err(e) => return self.reply_error(id, &e),
         };
@@ -278,7 +290,7 @@ impl Conn {
                 .get_or_create(&crate::metrics::MethodLabel { method: method.label() })
                 .inc();
         }
-        tracing::trace!(cid = %self.cid, id, method = %req.method, "request");
+        tracing::trace!(cid = %self.cid, id, method = req.method(), "request");
         match method {
             Method::Version => self.version_request(id, req.params),
             Method::Subscribe(rid) => self.resource_request(id, rid, Mode::Subscribe, started),
@@ -310,7 +322,11 @@ impl Conn {
     }
 
     fn key_of(&self, rid: &str) -> Arc<str> {
-        Arc::from(replace_cid(rid, &self.cid).as_ref())
+        self.resolve(&Arc::from(replace_cid(rid, &self.cid).as_ref()))
+    }
+
+    fn resolve(&self, key: &Arc<str>) -> Arc<str> {
+        self.aliases.get(key).cloned().unwrap_or_else(|| key.clone())
     }
 
     fn request_fields<'a>(&'a self, query: Option<&'a str>, params: Option<&'a RawValue>) -> RequestFields<'a> {
@@ -383,6 +399,10 @@ impl Conn {
         let cached = self.subs.get(&key).and_then(|s| s.access.clone());
         let access_payload = cached.is_none().then(|| self.access_payload(&key));
         let subject = format!("call.{name}.{method}");
+        if !self.shared.nats.subject_fits(subject.len()) {
+            // Checked before the access request, which has a shorter subject.
+            return self.reply_error(id, &ResError::subject_too_long());
+        }
         let payload = self.request_fields(query, params).encode();
         let shared = self.shared.clone();
         let tx = self.tx.clone();
@@ -401,7 +421,10 @@ impl Conn {
                 Ok(()) => shared.call(&subject, payload).await,
                 Err(e) => Err(e),
             };
-            tx.send(ConnMsg::Done(Completion::Call { id, key, access, result, is_new, started, label: "call" }));
+            shared.after_conn_events(
+                &tx,
+                ConnMsg::Done(Completion::Call { id, key, access, result, is_new, started, label: "call" }),
+            );
         });
     }
 
@@ -409,6 +432,9 @@ impl Conn {
         let key = self.key_of(rid);
         let (name, query) = res_protocol::rid::split_query(&key);
         let subject = format!("auth.{name}.{method}");
+        if !self.shared.nats.subject_fits(subject.len()) {
+            return self.reply_error(id, &ResError::subject_too_long());
+        }
         let payload = self.request_fields(query, params).encode_with(Some(&self.http));
         let shared = self.shared.clone();
         let tx = self.tx.clone();
@@ -472,7 +498,7 @@ impl Conn {
                     self.reaccess(&k);
                 }
             }
-            ConnMsg::Unblock { .. } => {}
+            ConnMsg::Unblock { .. } | ConnMsg::Fence => {}
         }
     }
 
@@ -597,7 +623,7 @@ impl Conn {
                     res.push(b'}');
                     return self.push(client::result_frame(id, &res));
                 }
-                let key: Arc<str> = Arc::from(rid.as_str());
+                let key = self.resolve(&Arc::from(rid.as_str()));
                 let cached = self.subs.get(&key).and_then(|s| s.access.clone());
                 let access_payload = cached.is_none().then(|| self.access_payload(&key));
                 self.spawn_resource(id, Mode::CallResource, key.clone(), key, access_payload, cached, started, label);
@@ -655,7 +681,11 @@ impl Conn {
         let mut stack: Vec<Arc<str>> = roots.to_vec();
         let legacy = self.legacy();
         while let Some(k) = stack.pop() {
-            if !visited.insert(k.clone()) || errors.contains_key(&k) {
+            if errors.contains_key(&k) {
+                continue;
+            }
+            let k = self.resolve(&k);
+            if !visited.insert(k.clone()) {
                 continue;
             }
             if let Some(sub) = self.subs.get(&k) {
@@ -667,11 +697,17 @@ impl Conn {
                 missing.push(k);
                 continue;
             };
+            if entry.key != k {
+                self.aliases.insert(k.clone(), entry.key.clone());
+                if self.subs.contains_key(&entry.key) {
+                    continue;
+                }
+            }
             match entry.register(self.id, &self.tx, legacy) {
                 Some(snap) => {
                     stack.extend(snap.refs.iter().cloned());
                     self.subs.insert(
-                        k.clone(),
+                        entry.key.clone(),
                         Sub {
                             entry,
                             client_rid: k,
@@ -703,6 +739,7 @@ impl Conn {
         let mut visited = HashSet::new();
         let mut stack: Vec<Arc<str>> = roots.to_vec();
         while let Some(k) = stack.pop() {
+            let k = if errors.contains_key(&k) { k } else { self.resolve(&k) };
             if !visited.insert(k.clone()) {
                 continue;
             }
@@ -734,6 +771,7 @@ impl Conn {
     fn emit(&mut self, p: Pending) {
         match p {
             Pending::Reply { id, mode, client_rid, key, access, errors, pins: _, started, label } => {
+                let key = self.resolve(&key);
                 if let Some(sub) = self.subs.get_mut(&key) {
                     // A {cid}-tagged subscription keeps the rid the client used.
                     if sub.unsent.is_some() {
@@ -916,6 +954,7 @@ impl Conn {
         let mut reachable: HashSet<Arc<str>> = HashSet::new();
         let mut stack: Vec<Arc<str>> = self.subs.iter().filter(|(_, s)| s.direct > 0).map(|(k, _)| k.clone()).collect();
         while let Some(k) = stack.pop() {
+            let k = self.resolve(&k);
             if reachable.contains(&k) {
                 continue;
             }
@@ -927,6 +966,7 @@ impl Conn {
         if reachable.len() == self.subs.len() {
             return;
         }
+        self.aliases.retain(|_, target| reachable.contains(target));
         let gone: Vec<Arc<str>> = self.subs.keys().filter(|k| !reachable.contains(*k)).cloned().collect();
         for k in gone {
             if let Some(sub) = self.subs.remove(&k) {

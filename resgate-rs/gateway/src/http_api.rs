@@ -3,7 +3,7 @@
 
 use crate::cache::Graph;
 use crate::config::ApiEncoding;
-use crate::conn::{ConnMsg, ConnTx};
+use crate::conn::ConnTx;
 use crate::server::{Body, Shared, header_auth, http_context, new_cid};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use res_protocol::json::write_str;
-use res_protocol::service::{self, CallResult, Meta, RequestFields};
+use res_protocol::service::{self, CallResult, Meta, RequestFields, TokenEvent};
 use res_protocol::value::{ResourceData, Value};
 use res_protocol::{ResError, code};
 use serde_json::value::RawValue;
@@ -67,17 +67,18 @@ pub fn rid_to_path(api_path: &str, rid: &str) -> String {
     format!("{api_path}{escaped}")
 }
 
-/// The resource ID for a path below the API prefix, with the URL query as RES query.
+/// The resource ID for a path below the API prefix, with the URL query as RES query. Like
+/// Resgate, a literal `.` in the raw path is refused (an escaped one is a part character); unlike
+/// Resgate, the result must be a valid resource ID, since anything else would not be a valid NATS
+/// subject.
 fn path_to_rid(rest: &str, query: Option<&str>) -> Option<String> {
-    if rest.is_empty() {
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains('.') {
         return None;
     }
     let mut rid = String::with_capacity(rest.len() + 8);
     for (i, part) in rest.split('/').enumerate() {
         let part = percent_decode_str(part).decode_utf8().ok()?;
-        if part.is_empty() || part.contains('.') {
-            return None;
-        }
         if i > 0 {
             rid.push('.');
         }
@@ -181,13 +182,13 @@ pub async fn handle(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
         _ => "OTHER",
     };
     let origin = req.headers().get(header::ORIGIN).cloned();
-    if !shared.origin_allowed(origin.as_ref()) {
-        let mut r = error_response(&shared, &ResError::forbidden_origin(), None);
-        cors(&shared, r.headers_mut(), None);
-        return r;
-    }
+    let allowed = shared.origin_allowed(origin.as_ref());
+    // As Resgate: preflights always answer 200 with the CORS headers; other requests from a
+    // forbidden origin get 403.
     let mut resp = if method == Method::OPTIONS {
         preflight(&shared, &req)
+    } else if !allowed {
+        error_response(&shared, &ResError::forbidden_origin(), None)
     } else {
         if label != "OTHER" {
             shared.metrics.http_requests.get_or_create(&crate::metrics::MethodLabel { method: label }).inc();
@@ -201,22 +202,28 @@ pub async fn handle(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
             .observe(started.elapsed().as_secs_f64());
         r
     };
-    cors(&shared, resp.headers_mut(), origin.as_ref());
+    cors(&shared, resp.headers_mut(), origin.as_ref(), allowed);
     if method == Method::HEAD {
         *resp.body_mut() = Full::new(Bytes::new());
     }
     resp
 }
 
-fn cors(shared: &Shared, h: &mut HeaderMap, origin: Option<&HeaderValue>) {
-    if shared.config.allow_origin.iter().any(|o| o == "*") {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    } else if let Some(o) = origin.filter(|o| o.as_bytes() != b"null") {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
-    }
+fn cors(shared: &Shared, h: &mut HeaderMap, origin: Option<&HeaderValue>, allowed: bool) {
+    let allow = &shared.config.allow_origin;
     if shared.config.header_auth.is_some() {
         h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+    if allow.iter().any(|o| o == "*") {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        return;
+    }
+    let Some(o) = origin.filter(|o| o.as_bytes() != b"null") else { return };
+    // A forbidden origin is told the first allowed one, as Resgate does.
+    let value = if allowed { Some(o.clone()) } else { allow.first().and_then(|a| HeaderValue::from_str(a).ok()) };
+    if let Some(v) = value {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
 }
 
@@ -252,18 +259,13 @@ async fn http_conn(shared: &Shared, http: &service::HttpContext) -> HttpConn {
         return HttpConn { cid, token: None, meta: None };
     };
     let (tx, mut rx) = ConnTx::new(usize::MAX);
-    shared.conns.lock().insert(cid.clone(), tx);
+    shared.conns.lock().insert(cid.clone(), tx.clone());
     let (result, meta) = header_auth(shared, &method, &cid, http).await;
-    shared.conns.lock().remove(&cid);
     if let Err(e) = &result {
         tracing::debug!(%cid, error = %e, "headerAuth failed; continuing without token");
     }
-    let mut token = None;
-    while let Ok(msg) = rx.try_recv() {
-        if let ConnMsg::Token(t) = msg {
-            token = t.into_token();
-        }
-    }
+    let token = shared.collect_token(&tx, &mut rx).await.and_then(TokenEvent::into_token);
+    shared.conns.lock().remove(&cid);
     let meta = meta.filter(|m| {
         let ok = m.has_valid_status();
         if !ok {
@@ -302,10 +304,14 @@ async fn serve(req: Request<Incoming>, remote: SocketAddr, shared: &Shared, meth
     let Some(rid) = path_to_rid(rid_path, query.as_deref()) else {
         return error_response(shared, &ResError::not_found(), None);
     };
-    if let Some(m) = &call_method
-        && !res_protocol::is_valid_rid_part(m)
-    {
-        return error_response(shared, &ResError::not_found(), None);
+    if let Some(m) = &call_method {
+        if !res_protocol::is_valid_rid_part(m) {
+            return error_response(shared, &ResError::not_found(), None);
+        }
+        let (name, _) = res_protocol::rid::split_query(&rid);
+        if !shared.nats.subject_fits("call.".len() + name.len() + 1 + m.len()) {
+            return error_response(shared, &ResError::subject_too_long(), None);
+        }
     }
     let params = match &call_method {
         None => None,
@@ -512,6 +518,7 @@ mod tests {
         assert_eq!(path_to_rid("a/b", Some("x=1")).as_deref(), Some("a.b?x=1"));
         assert_eq!(path_to_rid("a/b%20c", None), None);
         assert_eq!(path_to_rid("a.b", None), None);
+        assert_eq!(path_to_rid("a/b%2Ec", None).as_deref(), Some("a.b.c"));
         assert_eq!(path_to_rid("a//b", None), None);
         assert_eq!(path_to_rid("a/", None), None);
         assert_eq!(path_to_rid("", None), None);

@@ -112,13 +112,15 @@ impl Gateway {
             config.reset_throttle,
         );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(config.clone(), cache, nats.clone(), metrics.clone(), shutdown_rx.clone()));
+        let (router_tx, router_rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared =
+            Arc::new(Shared::new(config.clone(), cache, nats.clone(), metrics.clone(), shutdown_rx.clone(), router_tx));
 
         let mut tasks = Vec::new();
         let system = nats.subscribe("system.>".into()).await?;
         tasks.push(tokio::spawn(system_events(shared.clone(), system)));
         let conns = nats.subscribe("conn.>".into()).await?;
-        tasks.push(tokio::spawn(conn_events_task(shared.clone(), conns)));
+        tasks.push(tokio::spawn(conn_events_task(shared.clone(), conns, router_rx)));
         tasks.push(tokio::spawn(resync_on_reconnect(shared.clone(), conn_events.subscribe())));
         tasks.push(tokio::spawn(update_gauges(shared.clone())));
         tasks.push(tokio::spawn(server::accept_loop(listener, shared.clone(), tls)));
@@ -233,9 +235,24 @@ async fn system_events(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
     }
 }
 
-async fn conn_events_task(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
-    while let Some(msg) = sub.next().await {
-        server::conn_event(&shared, &msg.subject, &msg.payload);
+/// Routes `conn.<cid>.*` events, and messages that must reach a connection after them.
+async fn conn_events_task(
+    shared: Arc<Shared>,
+    mut sub: async_nats::Subscriber,
+    mut after: tokio::sync::mpsc::UnboundedReceiver<(conn::ConnTx, ConnMsg)>,
+) {
+    loop {
+        tokio::select! {
+            // NATS first: whatever it delivered before a queued message goes out before it.
+            biased;
+            msg = sub.next() => match msg {
+                Some(msg) => server::conn_event(&shared, &msg.subject, &msg.payload),
+                None => return,
+            },
+            Some((tx, msg)) = after.recv() => {
+                tx.send(msg);
+            }
+        }
     }
 }
 

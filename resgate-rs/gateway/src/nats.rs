@@ -130,15 +130,20 @@ impl Nats {
         &self.0.client
     }
 
+    /// Whether a request on `subject` fits NATS' control line (with the reply inbox).
+    pub fn subject_fits(&self, subject_len: usize) -> bool {
+        subject_len + self.0.inbox_prefix.len() + 24 + 32 <= MAX_CONTROL_LINE
+    }
+
     /// Sends a request and waits for its reply, honouring pre-responses that extend the timeout.
     /// `kind` labels the latency metric (access, get, call, auth, query).
     pub async fn request(&self, kind: &'static str, subject: &str, payload: Vec<u8>) -> Result<Bytes, ResError> {
         let inner = &self.0;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let reply = format!("{}.{id}", inner.inbox_prefix);
-        if subject.len() + reply.len() + 32 > MAX_CONTROL_LINE {
+        if !self.subject_fits(subject.len()) {
             return Err(ResError::subject_too_long());
         }
+        let reply = format!("{}.{id}", inner.inbox_prefix);
         let (tx, mut rx) = mpsc::channel(4);
         inner.pending.lock().insert(id, tx);
         let started = Instant::now();

@@ -40,6 +40,8 @@ pub struct Shared {
     pub conns: Mutex<HashMap<Arc<str>, ConnTx>>,
     next_conn: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
+    /// Into the `conn.>` router, behind the NATS messages it has already received.
+    conn_router: tokio::sync::mpsc::UnboundedSender<(ConnTx, ConnMsg)>,
 }
 
 impl Shared {
@@ -49,6 +51,7 @@ impl Shared {
         nats: Nats,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
+        conn_router: tokio::sync::mpsc::UnboundedSender<(ConnTx, ConnMsg)>,
     ) -> Shared {
         Shared {
             config,
@@ -58,7 +61,40 @@ impl Shared {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             shutdown,
+            conn_router,
         }
+    }
+
+    /// Delivers `msg` to a connection after every `conn.<cid>.*` event NATS delivered before now.
+    ///
+    /// A service sets a token (`conn.<cid>.token`) before replying to the auth or call that
+    /// caused it. NATS delivers the two in that order, but on different subscriptions read by
+    /// different tasks; passing the reply through the `conn.>` router (which drains its NATS
+    /// messages first) keeps the order, so the client's next request already uses the token.
+    pub fn after_conn_events(&self, tx: &ConnTx, msg: ConnMsg) {
+        if self.conn_router.send((tx.clone(), msg)).is_err() {
+            tracing::warn!("connection event router stopped");
+        }
+    }
+
+    /// Waits until the `conn.>` router has delivered everything received so far to `rx`,
+    /// returning the last token event among them (header authentication).
+    pub async fn collect_token(
+        &self,
+        tx: &ConnTx,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<ConnMsg>,
+    ) -> Option<TokenEvent> {
+        self.after_conn_events(tx, ConnMsg::Fence);
+        let mut token = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            match msg {
+                ConnMsg::Token(t) => token = Some(t),
+                ConnMsg::Fence => break,
+                _ => {}
+            }
+        }
+        token
     }
 
     /// An access request for a resource (`key` as services see it).
@@ -174,6 +210,10 @@ where
 
 async fn route(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
     let path = req.uri().path();
+    if !path.starts_with('/') {
+        // e.g. `OPTIONS * HTTP/1.1`: not a resource path.
+        return simple(StatusCode::BAD_REQUEST, "400 Bad Request\n");
+    }
     if path == shared.config.ws_path {
         return ws_upgrade(req, remote, shared).await;
     }
@@ -246,6 +286,8 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
     // Registered before wsHeaderAuth, so the token event the auth service sends reaches it.
     shared.conns.lock().insert(cid.clone(), tx.clone());
     let mut extra_headers = None;
+    let mut rx = rx;
+    let mut initial_token = None;
     if let Some(method) = shared.config.ws_header_auth.clone() {
         let (result, meta) = header_auth(&shared, &method, &cid, &http).await;
         if let Some(meta) = meta {
@@ -264,6 +306,7 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
         if let Err(e) = result {
             tracing::debug!(%cid, error = %e, "wsHeaderAuth failed; connecting without token");
         }
+        initial_token = shared.collect_token(&tx, &mut rx).await;
     }
 
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -286,7 +329,7 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
                 cfg.read_buffer_size = 4096;
                 cfg.write_buffer_size = 0;
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
-                run_connection(ws, shared, cid, tx, rx, http).await;
+                run_connection(ws, shared, cid, tx, rx, http, initial_token).await;
             }
             Err(e) => {
                 shared.conns.lock().remove(&cid);
@@ -305,6 +348,7 @@ async fn run_connection<S>(
     tx: ConnTx,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<ConnMsg>,
     http: HttpContext,
+    initial_token: Option<TokenEvent>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -315,6 +359,9 @@ async fn run_connection<S>(
     shared.metrics.ws_current_connections.inc();
     tracing::debug!("connected");
     let mut conn = Conn::new(id, cid.clone(), shared.clone(), tx.clone(), http);
+    if let Some(t) = initial_token {
+        conn.set_initial_token(t);
+    }
     let (mut sink, mut stream) = ws.split();
     let cfg = &shared.config;
     let idle = Duration::from_millis(cfg.idle_timeout.max(1));

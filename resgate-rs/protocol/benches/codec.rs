@@ -14,7 +14,7 @@ fn client_side(c: &mut Criterion) {
     g.bench_function("decode_request+parse_method", |b| {
         b.iter(|| {
             let (id, req) = decode_request(black_box(frame)).unwrap();
-            black_box((id, Method::parse(&req.method).unwrap()));
+            black_box((id, Method::parse(req.method()).unwrap()));
         })
     });
     let data = br#"{"values":{"seat1A":"held","price":{"data":{"amount":4200,"currency":"EUR"}}}}"#;

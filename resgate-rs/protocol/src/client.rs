@@ -11,8 +11,9 @@ use std::borrow::Cow;
 #[derive(Debug, Deserialize)]
 pub struct Request<'a> {
     pub id: Option<u64>,
+    /// Absent or null reads as empty, which is an invalid method (answered, since there is an id).
     #[serde(borrow, default)]
-    pub method: Cow<'a, str>,
+    pub method: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub params: Option<&'a RawValue>,
 }
@@ -96,6 +97,20 @@ impl<'a> Method<'a> {
     }
 }
 
+impl Request<'_> {
+    pub fn method(&self) -> &str {
+        self.method.as_deref().unwrap_or("")
+    }
+}
+
+/// Parses params that must be a JSON object into `T`; anything else is `system.invalidParams`
+/// (serde would also read a struct from an array, which Resgate's Go decoding does not).
+fn object_params<T: serde::de::DeserializeOwned>(params: &RawValue) -> Result<T, ResError> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(params.get()).map_err(|_| ResError::invalid_params())?;
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(|_| ResError::invalid_params())
+}
+
 /// True when params are absent or JSON null.
 pub fn params_absent(params: Option<&RawValue>) -> bool {
     params.is_none_or(|p| p.get() == "null")
@@ -106,14 +121,11 @@ pub fn version_param(params: Option<&RawValue>) -> Result<Option<String>, ResErr
     #[derive(Deserialize)]
     struct VersionParams {
         #[serde(default)]
-        protocol: String,
+        protocol: Option<String>,
     }
-    if params_absent(params) {
-        return Ok(None);
-    }
-    let p: VersionParams =
-        serde_json::from_str(params.map(RawValue::get).unwrap_or("{}")).map_err(|_| ResError::invalid_params())?;
-    Ok(if p.protocol.is_empty() { None } else { Some(p.protocol) })
+    let Some(params) = params.filter(|_| !params_absent(params)) else { return Ok(None) };
+    let p: VersionParams = object_params(params)?;
+    Ok(p.protocol.filter(|p| !p.is_empty()))
 }
 
 /// Parses the optional `unsubscribe` parameters `{"count": n}`; the count defaults to 1 and must
@@ -123,11 +135,8 @@ pub fn unsubscribe_count(params: Option<&RawValue>) -> Result<u32, ResError> {
     struct UnsubscribeParams {
         count: Option<i64>,
     }
-    if params_absent(params) {
-        return Ok(1);
-    }
-    let p: UnsubscribeParams =
-        serde_json::from_str(params.map(RawValue::get).unwrap_or("{}")).map_err(|_| ResError::invalid_params())?;
+    let Some(params) = params.filter(|_| !params_absent(params)) else { return Ok(1) };
+    let p: UnsubscribeParams = object_params(params)?;
     match p.count {
         None => Ok(1),
         Some(n) if n > 0 => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -233,13 +242,15 @@ mod tests {
     fn decode() {
         let (id, r) = decode_request(br#"{"id":7,"method":"get.a","params":{"x":1}}"#).unwrap();
         assert_eq!(id, 7);
-        assert_eq!(r.method, "get.a");
+        assert_eq!(r.method(), "get.a");
         assert_eq!(r.params.unwrap().get(), r#"{"x":1}"#);
         assert!(matches!(decode_request(br#"{"method":"get.a"}"#), Err(FrameError::MissingId)));
         assert!(decode_request(br#"{"id":-1,"method":"get.a"}"#).is_err());
         assert!(decode_request(b"not json").is_err());
         let (_, r) = decode_request(br#"{"id":1,"method":"get.a\u002eb"}"#).unwrap();
-        assert_eq!(r.method, "get.a.b");
+        assert_eq!(r.method(), "get.a.b");
+        let (_, r) = decode_request(br#"{"id":1,"method":null}"#).unwrap();
+        assert_eq!(r.method(), "");
     }
 
     #[test]
@@ -254,6 +265,8 @@ mod tests {
         assert_eq!(version_param(Some(&raw(r#"{"protocol":"1.2.0"}"#))).unwrap().as_deref(), Some("1.2.0"));
         assert_eq!(version_param(Some(&raw(r#"{}"#))).unwrap(), None);
         assert!(version_param(Some(&raw(r#"{"protocol":12}"#))).is_err());
+        assert!(version_param(Some(&raw(r#"["1.0.0"]"#))).is_err());
+        assert_eq!(version_param(Some(&raw(r#"{"protocol":null}"#))).unwrap(), None);
     }
 
     #[test]

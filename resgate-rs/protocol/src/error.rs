@@ -35,6 +35,8 @@ pub mod code {
 /// allocation on the hot path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResError {
+    /// A service error without a code is passed on with an empty code, as Resgate does.
+    #[serde(default)]
     pub code: Cow<'static, str>,
     #[serde(default)]
     pub message: Cow<'static, str>,
@@ -102,6 +104,16 @@ predefined! {
     forbidden_origin => FORBIDDEN, "Forbidden origin";
     forbidden => FORBIDDEN, "Forbidden";
     not_implemented => NOT_IMPLEMENTED, "Not implemented";
+}
+
+/// Deserializes an optional error object. Only a JSON object (or null) is an error object: serde
+/// would otherwise also read a struct from an array, which Go (and so Resgate) does not.
+pub fn de_error_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ResError>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)? {
+        None => Ok(None),
+        Some(map) => serde_json::from_value(serde_json::Value::Object(map)).map(Some).map_err(D::Error::custom),
+    }
 }
 
 impl fmt::Display for ResError {

@@ -202,7 +202,7 @@ struct RawResponse {
     result: Option<Box<RawValue>>,
     #[serde(default)]
     resource: Option<ResourceRef>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::error::de_error_object")]
     error: Option<ResError>,
     #[serde(default)]
     meta: Option<Meta>,
@@ -281,6 +281,7 @@ pub fn decode_get(payload: &[u8]) -> Result<GetResult, ResError> {
     #[derive(Deserialize)]
     struct R {
         result: Option<RawGetResult>,
+        #[serde(default, deserialize_with = "crate::error::de_error_object")]
         error: Option<ResError>,
     }
     let r: R = serde_json::from_slice(payload).map_err(ResError::internal)?;
@@ -435,6 +436,7 @@ pub fn decode_query_response(payload: &[u8]) -> Result<QueryResult, ResError> {
     #[derive(Deserialize)]
     struct R {
         result: Option<RawQueryResult>,
+        #[serde(default, deserialize_with = "crate::error::de_error_object")]
         error: Option<ResError>,
     }
     #[derive(Deserialize)]
@@ -624,6 +626,10 @@ mod tests {
         assert_eq!(r.unwrap_err().code, "custom.x");
         let (r, _) = decode_call(br#"{}"#);
         assert_eq!(r.unwrap_err().code, code::INTERNAL_ERROR);
+        let (r, _) = decode_call(br#"{"error":[]}"#);
+        assert_eq!(r.unwrap_err().code, code::INTERNAL_ERROR);
+        let (r, _) = decode_call(br#"{"error":{"message":"no code"}}"#);
+        assert_eq!(r.unwrap_err().code, "");
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! transition of a departure's seats runs under that departure's lock (see [`crate::lock`]),
 //! across all instances of seats and tickets. Inside the lock the instance performs the atomic
 //! transition (a Lua script, or a PostgreSQL statement), reads the resulting state, publishes the
-//! change events, and flushes its NATS connection before unlocking: the server has then routed
-//! the events, so the next holder's events arrive after them. Each transition is performed, and
+//! change events, and waits for a round trip to the NATS server on the same connection before
+//! unlocking ([`res_service::Events::flush`]): the server has then routed the events, so the next
+//! holder's events arrive after them. Each transition is performed, and
 //! so published, by exactly one instance: when two sweepers race on an expired hold, the script
 //! removes it once and only that instance publishes. Published values are the state read after
 //! the transition, so even a replay converges. If a holder finds on unlock that its lease
@@ -81,7 +82,8 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 return {}";
 
 /// Ends a hold (release by its owner, expiry, or completed purchase) and frees its seats in the
-/// held map. KEYS: hold, expiry, purchasing, held. ARGV: id, owner ('' = anyone), dep, mode, now.
+/// held map. KEYS: hold, expiry, purchasing, held. ARGV: id, owner ('' = anyone), dep, mode
+/// (`release` | `expire` | `complete`), now.
 const END: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'owner', 'dep', 'seats', 'expires', 'state')
 if not h[1] or h[2] ~= ARGV[3] then return {'gone'} end
@@ -91,9 +93,9 @@ if mode == 'release' then
   if h[5] ~= 'active' then return {'purchasing'} end
 elseif mode == 'expire' then
   if h[5] ~= 'active' or tonumber(h[4]) > tonumber(ARGV[5]) then return {'alive'} end
-elseif mode == 'complete' then
-  if h[5] ~= 'purchasing' then return {'notpurchasing'} end
 end
+-- 'complete': the sale is committed, so the hold ends whatever its state (a sweeper may have
+-- reopened it after the purchase deadline).
 for seat in string.gmatch(h[3], '[^,]+') do
   if redis.call('HGET', KEYS[4], seat) == ARGV[1] then redis.call('HDEL', KEYS[4], seat) end
 end

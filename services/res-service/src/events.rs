@@ -25,8 +25,8 @@ pub enum EventError {
     Publish(#[from] async_nats::PublishError),
     #[error("subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
-    #[error("flush: {0}")]
-    Flush(#[from] async_nats::client::FlushError),
+    #[error("the NATS server did not confirm within {0:?}")]
+    Barrier(Duration),
 }
 
 impl From<EventError> for ResError {
@@ -134,12 +134,17 @@ impl Events {
         self.publish(format!("conn.{cid}.token"), serde_json::to_vec(&T { token })?).await
     }
 
-    /// Waits until the NATS server has processed everything published so far. A service that
-    /// serializes events per resource across instances (a lock) flushes before releasing the
-    /// lock, so the next holder's events reach the server after these.
+    /// Waits until the NATS server has processed everything this connection sent so far
+    /// (publishes and subscriptions). A service that serializes events per resource across
+    /// instances (a lock) calls this before releasing the lock, so the next holder's events reach
+    /// the server after these.
+    ///
+    /// `async_nats::Client::flush` is not enough: it only empties the socket buffer and does not
+    /// wait for the server. This sends a message to a fresh subject of our own and waits for it to
+    /// come back: the server handles a connection's messages in order, so when it is delivered,
+    /// everything sent before it has been routed.
     pub async fn flush(&self) -> Result<(), EventError> {
-        self.client.flush().await?;
-        Ok(())
+        server_barrier(&self.client).await
     }
 
     /// Publishes a query event for `rid` and answers the gateway's query requests on a fresh
@@ -152,9 +157,9 @@ impl Events {
     {
         Self::check_rid(rid)?;
         let inbox = self.client.new_inbox();
+        // The gateway sends to the inbox only after receiving the event, which this connection
+        // publishes after subscribing: the server registers the subscription first.
         let mut sub = self.client.subscribe(inbox.clone()).await?;
-        // The subscription must be registered before the gateway can use the inbox.
-        self.client.flush().await?;
         self.publish(format!("event.{rid}.query"), serde_json::to_vec(&serde_json::json!({ "subject": inbox }))?)
             .await?;
         let mut answered = 0;
@@ -182,6 +187,21 @@ impl Events {
         }
         let _ = sub.unsubscribe().await;
         Ok(answered)
+    }
+}
+
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// See [`Events::flush`].
+pub(crate) async fn server_barrier(client: &async_nats::Client) -> Result<(), EventError> {
+    let subject = format!("{}.barrier", client.new_inbox());
+    let mut sub = client.subscribe(subject.clone()).await?;
+    client.publish(subject, bytes::Bytes::new()).await?;
+    let got = tokio::time::timeout(BARRIER_TIMEOUT, sub.next()).await;
+    let _ = sub.unsubscribe().await;
+    match got {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(EventError::Barrier(BARRIER_TIMEOUT)),
     }
 }
 

@@ -185,8 +185,8 @@ pub struct Service {
 pub enum StartError {
     #[error("subscribe {subject}: {source}")]
     Subscribe { subject: String, source: async_nats::SubscribeError },
-    #[error("flush subscriptions: {0}")]
-    Flush(#[from] async_nats::client::FlushError),
+    #[error("confirm subscriptions: {0}")]
+    Confirm(#[from] crate::events::EventError),
 }
 
 impl Service {
@@ -252,8 +252,9 @@ impl Service {
                 .map_err(|source| StartError::Subscribe { subject, source })?;
             subs.push(sub);
         }
-        // Requests sent right after start must find the subscriptions registered.
-        client.flush().await?;
+        // Requests sent right after start (from any connection) must find the subscriptions
+        // registered on the server, not just written to the socket.
+        crate::events::server_barrier(&client).await?;
         let events = Events::new(client.clone());
         let shared = Arc::new(Shared {
             name: self.name,

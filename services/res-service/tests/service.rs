@@ -252,7 +252,8 @@ async fn query_event_round_trip_reset_and_token() {
     let mut query_events = gw.subscribe("event.example.items.query").await.unwrap();
     let mut system = gw.subscribe("system.reset").await.unwrap();
     let mut tokens = gw.subscribe("conn.*.token").await.unwrap();
-    gw.flush().await.unwrap();
+    // Another connection publishes next: the server must have the subscriptions first.
+    res_service::Events::new(gw.clone()).flush().await.unwrap();
 
     let publisher = tokio::spawn(async move {
         let n = events
@@ -287,4 +288,26 @@ async fn query_event_round_trip_reset_and_token() {
     let tok = tokio::time::timeout(Duration::from_secs(5), tokens.next()).await.unwrap().unwrap();
     assert_eq!(tok.subject.as_str(), "conn.cid1.token");
     assert_eq!(&tok.payload[..], br#"{"token":{"sub":"u"}}"#);
+}
+
+#[tokio::test]
+async fn requests_right_after_start_and_events_after_flush_are_never_lost() {
+    let nats = NatsServer::start();
+    let c = connect(&nats).await;
+    for i in 0..20 {
+        // Subscriptions are confirmed by the server before start returns.
+        let running = example(Arc::new(AtomicUsize::new(0))).start(connect(&nats).await).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(2), c.request("get.example.model.1", "{}".into())).await;
+        assert!(matches!(r, Ok(Ok(_))), "round {i}: {r:?}");
+        running.shutdown().await;
+
+        // A subscription confirmed with Events::flush sees another connection's next publish.
+        let listener = connect(&nats).await;
+        let mut sub = listener.subscribe(format!("event.example.m{i}.change")).await.unwrap();
+        res_service::Events::new(listener.clone()).flush().await.unwrap();
+        let events = res_service::Events::new(connect(&nats).await);
+        events.change_json(&format!("example.m{i}"), serde_json::json!({"n": i})).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), sub.next()).await;
+        assert!(matches!(got, Ok(Some(_))), "round {i}: event lost");
+    }
 }

@@ -140,3 +140,61 @@ async fn a_restart_loses_no_hold() {
     assert_eq!(get(&c, &rid).await.unwrap()["1-02D"], "free");
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn purchases_interrupted_by_a_crash_are_settled_by_the_sweeper() {
+    use booking_core::metrics::BookingMetrics;
+    use booking_core::seatmap::SeatStore;
+    let env = Env::start().await;
+    let dep = env.small_departure(9004, 1).await;
+    let cfg = HoldConfig { hold_ttl_secs: 1, max_seats_per_hold: 4, purchase_timeout_secs: 3, sweep_interval_ms: 100 };
+    // The seats service runs throughout: its sweeper settles what the crashed instance left.
+    let (svc, _reg) = start(&env, cfg.clone()).await;
+    let c = env.nats_client().await;
+    let rid = format!("seats.departure.{dep}");
+    let mut sub = ModelSubscriber::start(&c, &rid).await;
+
+    // A tickets instance that "crashes" after starting two purchases: one before committing the
+    // order (the hold must come back and expire), one after (the seats must end sold).
+    let deps = env.deps().await;
+    let crashed = SeatStore::new(
+        deps.db,
+        deps.redis,
+        res_service::Events::new(deps.nats),
+        cfg.clone(),
+        BookingMetrics::default(),
+    );
+    let unpaid = crashed.hold(dep, "ann", vec!["1-01A".into()]).await.unwrap();
+    let paid = crashed.hold(dep, "ann", vec!["1-01B".into()]).await.unwrap();
+    crashed.begin_purchase(dep, &unpaid.hold_id, "ann").await.unwrap();
+    crashed.begin_purchase(dep, &paid.hold_id, "ann").await.unwrap();
+    let db = env.pool().get().await.unwrap();
+    db.batch_execute(&format!(
+        "INSERT INTO orders (id, user_id, departure_id, hold_id, status, total_cents, currency, payment_ref, idempotency_key)
+           VALUES ('ocrash', 'ann', {dep}, '{}', 'placed', 2410, 'EUR', 'test_ch_x', 'k');
+         INSERT INTO tickets (id, order_id, departure_id, seat_id, class, price_cents, status)
+           VALUES ('tcrash', 'ocrash', {dep}, '1-01B', 2, 2410, 'active');",
+        paid.hold_id
+    ))
+    .await
+    .unwrap();
+    drop(crashed);
+    // While the purchase deadline runs, the holds do not expire even past their TTL.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(&c, &rid).await.unwrap()["1-01A"], "held");
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| m["1-01A"] == "free" && m["1-01B"] == "sold").await,
+        "settled: {:?}",
+        sub.model
+    );
+    sub.settle(Duration::from_millis(300)).await;
+    assert_eq!(serde_json::to_value(&sub.model).unwrap(), get(&c, &rid).await.unwrap());
+    // Nothing left in Redis: the seat can be held again, and the sold one cannot.
+    let t = token("ben", &[]);
+    call(&c, &rid, "hold", Some(&t), serde_json::json!({"seats": ["1-01A"]})).await.unwrap();
+    assert_eq!(
+        code(call(&c, &rid, "hold", Some(&t), serde_json::json!({"seats": ["1-01B"]})).await),
+        "booking.seatTaken"
+    );
+    svc.shutdown().await;
+}

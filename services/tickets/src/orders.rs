@@ -299,7 +299,13 @@ impl Orders {
             payment_ref: payment.reference.clone(),
             idempotency_key: p.idempotency_key.clone(),
         };
-        let guard = self.locks.acquire("booking:lock:orders").await?;
+        let guard = match self.locks.acquire("booking:lock:orders").await {
+            Ok(g) => g,
+            Err(e) => {
+                self.refund_unsold(&payment.reference, total).await;
+                return Err(e);
+            }
+        };
         let inserted = self.insert(&mut order).await;
         if let Err(e) = inserted {
             drop(guard);
@@ -310,10 +316,7 @@ impl Orders {
                 // the key, and that charge belongs to the winner: no refund here.
                 return Err(BookingError::PurchaseInProgress);
             }
-            // Paid but not sold: give the money back.
-            if let Err(r) = self.payments.refund(&payment.reference, total).await {
-                tracing::error!(error = %r, payment = %payment.reference, "refund after a failed insert failed");
-            }
+            self.refund_unsold(&payment.reference, total).await;
             if matches!(&e, BookingError::Db(db) if is_unique_violation(db, "tickets_one_active_sale")) {
                 return Err(BookingError::SeatTaken(seats.to_vec()));
             }
@@ -329,6 +332,13 @@ impl Orders {
             ev.reset(&[user.as_str(), ORDERS_RID], &[]).await?;
         }
         Ok(order)
+    }
+
+    /// Paid but not sold: give the money back.
+    async fn refund_unsold(&self, reference: &str, amount: i64) {
+        if let Err(e) = self.payments.refund(reference, amount).await {
+            tracing::error!(error = %e, payment = %reference, "refund of an unsold purchase failed");
+        }
     }
 
     async fn insert(&self, order: &mut Order) -> Result<(), BookingError> {

@@ -267,9 +267,11 @@ async fn buyer(c: async_nats::Client, dep: i64, n: usize, seats: Arc<Vec<String>
             t.released += 1;
         }
         1 => {
-            let e = call(&c, "tickets.orders", "purchase", Some(&tok), purchase_params(dep, &hold, DECLINE, "k")).await;
-            assert_eq!(e.unwrap_err().code, "booking.paymentDeclined");
-            t.declined += 1;
+            match call(&c, "tickets.orders", "purchase", Some(&tok), purchase_params(dep, &hold, DECLINE, "k")).await {
+                Err(e) if e.code == "booking.paymentDeclined" => t.declined += 1,
+                Err(e) => *t.refused.entry(e.code.into_owned()).or_default() += 1,
+                Ok(o) => panic!("buyer{n}: a declined card bought {o}"),
+            }
         }
         2 => {} // walks away: the hold expires
         r => {
@@ -299,7 +301,7 @@ async fn buyer(c: async_nats::Client, dep: i64, n: usize, seats: Arc<Vec<String>
 async fn hundreds_of_buyers_two_instances_no_double_sale_and_maps_converge() {
     let env = Env::start().await;
     let dep = env.small_departure(7004, 6).await; // 24 seats
-    let inst = Instances::start(&env, 2, 3).await;
+    let inst = Instances::start(&env, 2, 5).await;
     let c = env.nats_client().await;
     let rid = format!("seats.departure.{dep}");
     let mut subscribers = Vec::new();
@@ -337,8 +339,8 @@ async fn hundreds_of_buyers_two_instances_no_double_sale_and_maps_converge() {
     }
     assert!(total.bought >= 12 && total.held > 24, "sales and churn beyond one pass over the seats: {total:?}");
 
-    // Leftover holds expire (TTL 3 s); then every seat is free or sold.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Leftover holds expire (TTL 5 s); then every seat is free or sold.
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let map = get(&c, &rid).await.unwrap();
         if map.as_object().unwrap().values().all(|v| v != "held") {

@@ -14,7 +14,8 @@ use token_validator::ValidatorConfig;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+// Generous: a cold Node start with key generation can take long on a loaded 2-core machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct Issuer {
     /// The issuer identifier (`iss`), as printed on the READY line.

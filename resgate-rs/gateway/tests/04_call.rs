@@ -1,0 +1,295 @@
+//! Call: access `call` lists, NATS payload, `{"payload":..}` wrapper vs legacy raw results,
+//! resource responses, errors, pre-response timeout extension.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// (params, access reply, call reply (None = no call request expected), expected result / error code)
+type CallRow = (Value, &'static str, Option<&'static str>, Result<Value, &'static str>);
+
+const FULL: &str = r#"{"result":{"get":true,"call":"*"}}"#;
+
+/// Client calls `call.test.model.method`, access is answered with `access`, then (if
+/// `call_reply` is Some) the call request with that raw reply. Returns the client response.
+async fn call(env: &mut TestEnv, c: &mut WsClient, params: Value, access: &str, call_reply: Option<&str>) -> Response {
+    let id = c.send("call.test.model.method", params.clone()).await;
+    let a = env.service.expect("access.test.model").await;
+    assert_eq!(a.payload_json(), json!({"cid": a.cid(), "token": null}));
+    a.respond_raw(access.as_bytes().to_vec()).await;
+    match call_reply {
+        Some(reply) => {
+            let req = env.service.expect("call.test.model.method").await;
+            let mut expected = json!({"cid": a.cid(), "token": null});
+            if !params.is_null() {
+                expected["params"] = params;
+            }
+            let mut got = req.payload_json();
+            if got.get("params") == Some(&Value::Null) && expected.get("params").is_none() {
+                got.as_object_mut().unwrap().remove("params");
+            }
+            assert_eq!(got, expected, "call payload");
+            req.respond_raw(reply.as_bytes().to_vec()).await;
+        }
+        None => env.service.assert_no_request_on("call.test.model.method", QUIET).await,
+    }
+    c.response(id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_matrix_unsubscribed() {
+    let mut env = TestEnv::start_with(|c| c.request_timeout = 300).await;
+    let ok = r#"{"result":{"foo":"bar"}}"#;
+    let payload = json!({"payload": {"foo": "bar"}});
+    let rows: Vec<CallRow> = vec![
+        (Value::Null, FULL, Some(ok), Ok(payload.clone())),
+        (json!({"value": 42}), FULL, Some(ok), Ok(payload.clone())),
+        (Value::Null, r#"{"result":{"get":true,"call":"method"}}"#, Some(ok), Ok(payload.clone())),
+        (Value::Null, r#"{"result":{"get":true,"call":"foo,method"}}"#, Some(ok), Ok(payload.clone())),
+        (Value::Null, r#"{"result":{"get":false,"call":"method"}}"#, Some(ok), Ok(payload.clone())),
+        (Value::Null, r#"{"result":{"get":true,"call":"foo,bar"}}"#, None, Err("system.accessDenied")),
+        (Value::Null, r#"{"result":{"get":true}}"#, None, Err("system.accessDenied")),
+        (Value::Null, r#"{"result":{"get":true,"call":""}}"#, None, Err("system.accessDenied")),
+        (
+            Value::Null,
+            r#"{"error":{"code":"system.accessDenied","message":"Access denied"}}"#,
+            None,
+            Err("system.accessDenied"),
+        ),
+        (Value::Null, r#"{"result":{"get":"invalid"}}"#, None, Err("system.internalError")),
+        (Value::Null, r#"{"broken":JSON}"#, None, Err("system.internalError")),
+        (
+            Value::Null,
+            FULL,
+            Some(r#"{"error":{"code":"system.invalidParams","message":"Invalid parameters"}}"#),
+            Err("system.invalidParams"),
+        ),
+        (Value::Null, FULL, Some(r#"{"result":null}"#), Ok(json!({"payload": null}))),
+        (Value::Null, FULL, Some(r#"{"result":42}"#), Ok(json!({"payload": 42}))),
+        (Value::Null, FULL, Some(r#"{"broken":JSON}"#), Err("system.internalError")),
+        (Value::Null, FULL, Some(r#"{}"#), Err("system.internalError")),
+        (Value::Null, "\r\n\t {\"result\":{\"get\":\r\n\t true,\"call\":\"*\"}}\r\n\t ", Some(ok), Ok(payload.clone())),
+        (
+            Value::Null,
+            FULL,
+            Some(r#"{"result":{"foo":"bar"},"error":{"code":"system.custom","message":"Custom"}}"#),
+            Err("system.custom"),
+        ),
+        (Value::Null, FULL, Some(r#"{"error":[]}"#), Err("system.internalError")),
+        (Value::Null, FULL, Some(r#"{"error":{"message":"missing code"}}"#), Err("")),
+        (Value::Null, FULL, Some(r#"{"error":{"code":12,"message":"integer code"}}"#), Err("system.internalError")),
+        (Value::Null, FULL, Some(r#"{"resource":"test.model"}"#), Err("system.internalError")),
+        (Value::Null, FULL, Some(r#"{"resource":{}}"#), Err("system.internalError")),
+        (Value::Null, FULL, Some(r#"{"resource":{"rid":42}}"#), Err("system.internalError")),
+        (Value::Null, FULL, Some(r#"{"resource":{"rid":"test..model"}}"#), Err("system.internalError")),
+    ];
+    let mut failures = Vec::new();
+    let n = rows.len();
+    for (i, (params, access, reply, expected)) in rows.into_iter().enumerate() {
+        let mut c = env.client().await;
+        let r = call(&mut env, &mut c, params, access, reply).await;
+        let ok = match &expected {
+            Ok(v) => r.0.get("result") == Some(v),
+            Err(code) => r.0["error"]["code"] == json!(code),
+        };
+        if !ok {
+            failures.push(format!("row #{} ({access} / {reply:?}): expected {expected:?}, got {}", i + 1, r.0));
+        }
+        c.close().await;
+    }
+    assert!(failures.is_empty(), "{} of {n} rows failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_access_timeout() {
+    let mut env = TestEnv::start_with(|c| c.request_timeout = 300).await;
+    let mut c = env.client().await;
+    let id = c.send("call.test.model.method", json!(null)).await;
+    let _a = env.service.expect("access.test.model").await;
+    assert_eq!(c.response(id).await.error(), err("system.timeout", "Request timeout"));
+    env.service.assert_no_request_on("call.test.model.method", QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_on_subscribed_resource_reuses_access() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    let id = c.send("subscribe.test.model", json!(null)).await;
+    let a = env.service.expect("access.test.model").await;
+    a.respond_access(true, Some("method")).await;
+    env.service.expect("get.test.model").await.respond_model(json!({"a": 1})).await;
+    c.response(id).await.result();
+    let id = c.send("call.test.model.method", json!({"value": 42})).await;
+    let req = env.service.expect("call.test.model.method").await;
+    assert_eq!(req.payload_json(), json!({"cid": a.cid(), "token": null, "params": {"value": 42}}));
+    req.respond_result(json!("done")).await;
+    c.response(id).await.assert_result(json!({"payload": "done"}));
+    env.service.assert_no_request(QUIET).await;
+    // A method not in the list is denied without a call request.
+    c.request("call.test.model.other", json!(null)).await.assert_error("system.accessDenied");
+    env.service.assert_no_request(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribed_calls_ask_access_each_time() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    for n in 0..2 {
+        let r = call(&mut env, &mut c, json!(n), FULL, Some(r#"{"result":"ok"}"#)).await;
+        r.assert_result(json!({"payload": "ok"}));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_client_gets_raw_results() {
+    let mut env = TestEnv::start().await;
+    let rows: Vec<(&str, Result<Value, &str>)> = vec![
+        (r#"{"result":{"foo":"bar"}}"#, Ok(json!({"foo": "bar"}))),
+        (r#"{"result":{"rid":"test.model"}}"#, Ok(json!({"rid": "test.model"}))),
+        (r#"{"result":null}"#, Ok(Value::Null)),
+        (r#"{"resource":{"rid":"test.model"}}"#, Ok(json!({"rid": "test.model"}))),
+        (r#"{"resource":"test.model"}"#, Err("system.internalError")),
+        (r#"{"resource":{"rid":"test..model"}}"#, Err("system.internalError")),
+    ];
+    for (i, (reply, expected)) in rows.into_iter().enumerate() {
+        let mut c = env.client_without_version().await;
+        let r = call(&mut env, &mut c, json!({"value": 42}), FULL, Some(reply)).await;
+        match expected {
+            Ok(v) => assert_eq!(r.result(), v, "row #{}: {}", i + 1, r.0),
+            Err(code) => assert_eq!(r.error_code(), code, "row #{}", i + 1),
+        }
+        // A legacy resource response subscribes nothing.
+        env.service.assert_no_request(QUIET).await;
+        c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_response_subscribes_and_returns_the_set() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    let id = c.send("call.test.collection.create", json!({"value": 42})).await;
+    env.service.expect("access.test.collection").await.respond_access(true, Some("*")).await;
+    env.service.expect("call.test.collection.create").await.respond_resource("test.model").await;
+    env.service.serve_model("test.model", json!({"a": 1})).await;
+    c.response(id).await.assert_result(json!({"rid": "test.model", "models": {"test.model": {"a": 1}}}));
+    env.service.publish_event("test.model", "custom", json!("hi")).await;
+    assert_eq!(c.expect_event("test.model.custom").await, json!("hi"));
+    c.request("unsubscribe.test.model", json!(null)).await.result();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_response_errors_go_into_errors() {
+    let mut env = TestEnv::start_with(|c| c.request_timeout = 300).await;
+    let custom = err("custom.error", "Custom error");
+    // (get reply, access reply, expected error)
+    let rows: Vec<(Option<Value>, Option<Value>, Value)> = vec![
+        (Some(json!({"error": custom})), Some(json!({"result": {"get": true}})), custom.clone()),
+        (None, Some(json!({"result": {"get": true}})), err("system.timeout", "Request timeout")),
+        (
+            Some(json!({"result": {"model": {}}})),
+            Some(json!({"result": {"get": false}})),
+            err("system.accessDenied", "Access denied"),
+        ),
+        (Some(json!({"result": {"model": {}}})), Some(json!({"error": custom})), custom.clone()),
+        (Some(json!({"result": {"model": {}}})), None, err("system.timeout", "Request timeout")),
+    ];
+    for (i, (get, access, expected)) in rows.into_iter().enumerate() {
+        let rid = format!("test.new{i}");
+        let mut c = env.client().await;
+        let id = c.send("call.test.collection.create", json!(null)).await;
+        env.service.expect("access.test.collection").await.respond_access(true, Some("*")).await;
+        env.service.expect("call.test.collection.create").await.respond_resource(&rid).await;
+        let a = env.service.expect(&format!("access.{rid}")).await;
+        let g = env.service.expect(&format!("get.{rid}")).await;
+        if let Some(v) = get {
+            g.respond_json(v).await;
+        }
+        if let Some(v) = access {
+            a.respond_json(v).await;
+        }
+        c.response(id).await.assert_result(json!({"rid": rid, "errors": {rid.clone(): expected}}));
+        c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_with_cid_tag() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    let id = c.send("call.test.{cid}.model.method", json!({"foo": "bar"})).await;
+    let a = env.service.expect_where("access.test.<cid>.model", |s| s.starts_with("access.test.")).await;
+    let cid = a.cid();
+    assert_eq!(a.subject, format!("access.test.{cid}.model"));
+    a.respond_access(true, Some("*")).await;
+    let req = env.service.expect(&format!("call.test.{cid}.model.method")).await;
+    assert_eq!(req.payload_json()["params"], json!({"foo": "bar"}));
+    req.respond_result(json!("zoo")).await;
+    c.response(id).await.assert_result(json!({"payload": "zoo"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_with_query_rid_splits_at_last_dot() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    let id = c.send("call.test.list?q=a.b.method", json!(null)).await;
+    let a = env.service.expect("access.test.list").await;
+    assert_eq!(a.payload_json()["query"], json!("q=a.b"));
+    a.respond_access(true, Some("*")).await;
+    let req = env.service.expect("call.test.list.method").await;
+    assert_eq!(req.payload_json()["query"], json!("q=a.b"));
+    req.respond_result(json!(1)).await;
+    c.response(id).await.assert_result(json!({"payload": 1}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_response_extends_the_timeout() {
+    let mut env = TestEnv::start_with(|c| c.request_timeout = 300).await;
+    let mut c = env.client().await;
+    let id = c.send("call.test.model.method", json!(null)).await;
+    env.service.expect("access.test.model").await.respond_access(true, Some("*")).await;
+    let req = env.service.expect("call.test.model.method").await;
+    let start = Instant::now();
+    req.respond_raw(&b"timeout:\"2000\""[..]).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    req.respond_result(json!("late")).await;
+    c.response(id).await.assert_result(json!({"payload": "late"}));
+    assert!(start.elapsed() >= Duration::from_millis(700));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pre_response_a_slow_call_times_out() {
+    let mut env = TestEnv::start_with(|c| c.request_timeout = 300).await;
+    let mut c = env.client().await;
+    let id = c.send("call.test.model.method", json!(null)).await;
+    env.service.expect("access.test.model").await.respond_access(true, Some("*")).await;
+    let _req = env.service.expect("call.test.model.method").await;
+    assert_eq!(c.response(id).await.error(), err("system.timeout", "Request timeout"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_response_with_shorter_timeout_times_out() {
+    let mut env = TestEnv::start_with(|c| c.request_timeout = 3000).await;
+    let mut c = env.client().await;
+    let id = c.send("call.test.model.method", json!(null)).await;
+    env.service.expect("access.test.model").await.respond_access(true, Some("*")).await;
+    let req = env.service.expect("call.test.model.method").await;
+    let start = Instant::now();
+    req.respond_raw(&b"timeout:\"200\""[..]).await;
+    c.response(id).await.assert_error("system.timeout");
+    assert!(start.elapsed() < Duration::from_millis(1500), "the pre-response replaces the remaining timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_method_or_rid_is_subject_too_long() {
+    let env = TestEnv::start().await;
+    let mut c = env.client().await;
+    c.request(&format!("call.test.model.{}", "m".repeat(10_000)), json!(null))
+        .await
+        .assert_error("system.subjectTooLong");
+    c.request(&format!("call.test.{}.method", "r".repeat(10_000)), json!(null))
+        .await
+        .assert_error("system.subjectTooLong");
+}

@@ -1,0 +1,70 @@
+//! The real npm `resclient` (Node.js + `ws`) against the gateway: get a model, receive a change
+//! through the live model, call a method. Needs `node` and `tests/node/node_modules` (`./setup.sh`).
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn node_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resclient_gets_model_receives_change_and_calls() {
+    let dir = node_dir();
+    assert!(
+        std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "`node` not found: run ./setup.sh (installs nodejs and the npm dependencies)"
+    );
+    assert!(
+        dir.join("node_modules/resclient").is_dir() && dir.join("node_modules/ws").is_dir(),
+        "{}/node_modules missing: run ./setup.sh (npm ci in tests/node)",
+        dir.display()
+    );
+    let mut env = TestEnv::start().await;
+    let mut child = tokio::process::Command::new("node")
+        .arg("script.js")
+        .arg(env.ws_url())
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("node printed nothing for 10 s")
+            .expect("read node stdout")
+            .expect("node exited early");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(v.get("error").is_none(), "resclient failed: {v}");
+        v
+    };
+
+    // resclient subscribes: access + get.
+    let a = env.service.expect("access.example.model").await;
+    a.respond_access(true, Some("*")).await;
+    env.service.expect("get.example.model").await.respond_model(json!({"message": "Hello", "n": 1})).await;
+    assert_eq!(next_line().await, json!({"step": "get", "model": {"message": "Hello", "n": 1}}));
+    assert_eq!(next_line().await, json!({"step": "listening"}));
+
+    env.service.publish_event("example.model", "change", json!({"values": {"message": "Changed"}})).await;
+    assert_eq!(next_line().await, json!({"step": "change", "model": {"message": "Changed", "n": 1}}));
+
+    let call = env.service.expect("call.example.model.ping").await;
+    let p = call.payload_json();
+    assert_eq!(p["params"], json!({"n": 1}));
+    assert_eq!(p["cid"], json!(a.cid()));
+    call.respond_result(json!({"pong": 1})).await;
+    assert_eq!(next_line().await, json!({"step": "call", "result": {"pong": 1}}));
+
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("node exits").unwrap();
+    assert!(status.success(), "node exit status {status}");
+}
