@@ -27,6 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tracing::Instrument;
 
 pub type Body = Full<Bytes>;
 
@@ -329,7 +330,8 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
                 cfg.read_buffer_size = 4096;
                 cfg.write_buffer_size = 0;
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
-                run_connection(ws, shared, cid, tx, rx, http, initial_token).await;
+                let span = tracing::debug_span!("conn", %cid, remote = %http.remote_addr);
+                run_connection(ws, shared, cid, tx, rx, http, initial_token).instrument(span).await;
             }
             Err(e) => {
                 shared.conns.lock().remove(&cid);
@@ -353,8 +355,6 @@ async fn run_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let id = shared.next_conn_id();
-    let span = tracing::debug_span!("conn", %cid, remote = %http.remote_addr);
-    let _enter = span.enter();
     shared.metrics.ws_connections.inc();
     shared.metrics.ws_current_connections.inc();
     tracing::debug!("connected");
