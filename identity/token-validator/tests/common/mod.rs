@@ -14,8 +14,8 @@ use token_validator::ValidatorConfig;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-// Generous: a cold Node start with key generation can take long on a loaded 2-core machine.
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
+// Per attempt; a healthy start takes about a second.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Issuer {
     /// The issuer identifier (`iss`), as printed on the READY line.
@@ -37,7 +37,21 @@ impl Issuer {
     }
 
     /// Starts `node identity/oidc-issuer/bin/oidc-issuer.js --port 0 --test-admin` plus `extra`.
+    ///
+    /// In full workspace runs a Node start occasionally never reports ready (the cause is not yet
+    /// known; the same test passes alone), so a start that times out is retried on a new process.
     pub async fn start_with(extra: &[&str]) -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(extra).await {
+                Ok(issuer) => return issuer,
+                Err(stderr) => last = stderr,
+            }
+        }
+        panic!("oidc-issuer did not print OIDC_ISSUER_READY within {READY_TIMEOUT:?} in 3 attempts; stderr:\n{last}")
+    }
+
+    async fn try_start(extra: &[&str]) -> Result<Self, String> {
         let dir = issuer_dir();
         assert!(
             dir.join("node_modules/oidc-provider/package.json").exists(),
@@ -84,10 +98,7 @@ impl Issuer {
         .await;
         let issuer = match ready {
             Ok(Some(url)) => url,
-            _ => panic!(
-                "oidc-issuer did not print OIDC_ISSUER_READY within {READY_TIMEOUT:?}; stderr:\n{}",
-                stderr_buf.lock().unwrap()
-            ),
+            _ => return Err(stderr_buf.lock().unwrap().clone()),
         };
         let local = match extra.iter().position(|a| *a == "--port") {
             Some(i) if extra.contains(&"--issuer") => {
@@ -101,7 +112,7 @@ impl Issuer {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        Self { issuer, local, http, _child: child, _stdout: lines }
+        Ok(Self { issuer, local, http, _child: child, _stdout: lines })
     }
 
     pub fn config(&self) -> ValidatorConfig {
