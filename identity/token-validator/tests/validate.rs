@@ -247,8 +247,6 @@ async fn garbage_is_refused_as_access_denied() {
 }
 
 #[tokio::test]
-#[ignore = "quarantined: passes alone (`cargo test -p token-validator --test validate -- --ignored`), but in the \
-            full parallel workspace run its issuer twice failed to print READY within 90 s; under investigation"]
 async fn rotated_key_is_picked_up_by_one_rate_limited_refresh() {
     let issuer = Issuer::start().await;
     // Long enough that rotating and minting surely happen inside the first interval.
