@@ -50,28 +50,38 @@ impl Issuer {
             dir.join("node_modules/oidc-provider").exists(),
             "run `npm ci --prefix identity/oidc-issuer` (Node.js 20+) before these tests"
         );
-        let mut child = Command::new("node")
-            .arg(dir.join("bin/oidc-issuer.js"))
-            .args(["--port", "0", "--host", "127.0.0.1", "--test-admin"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run node (Node.js 20+ on PATH)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = tokio::time::timeout(Duration::from_secs(90), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(url) = line.strip_prefix("OIDC_ISSUER_READY ") {
-                    return url.to_owned();
+        // A Node start occasionally never reports ready in full workspace runs (cause not yet
+        // known); a fresh process then starts normally, so retry a few times.
+        for _ in 0..3 {
+            let mut child = Command::new("node")
+                .arg(dir.join("bin/oidc-issuer.js"))
+                .args(["--port", "0", "--host", "127.0.0.1", "--test-admin"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("run node (Node.js 20+ on PATH)");
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let ready = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(url) = line.strip_prefix("OIDC_ISSUER_READY ") {
+                        return Some(url.to_owned());
+                    }
                 }
+                None
+            })
+            .await;
+            match ready {
+                Ok(Some(url)) => {
+                    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+                    return Issuer { url, http, _child: child, _stdout: lines };
+                }
+                Ok(None) => panic!("oidc-issuer exited before OIDC_ISSUER_READY"),
+                Err(_) => continue,
             }
-            panic!("oidc-issuer exited before OIDC_ISSUER_READY");
-        })
-        .await
-        .expect("oidc-issuer ready in 90 s");
-        let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
-        Issuer { url, http, _child: child, _stdout: lines }
+        }
+        panic!("oidc-issuer did not report ready within 30 s in 3 attempts");
     }
 
     async fn admin(&self, path: &str, body: Value) -> Value {
