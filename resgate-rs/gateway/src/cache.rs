@@ -201,16 +201,10 @@ impl Entry {
         Some(snapshot(&mut st, legacy))
     }
 
-    /// The current snapshot, without registering (for `get` requests and the HTTP API).
-    pub fn snapshot(&self, legacy: bool) -> Option<Snapshot> {
-        if !self.is_ready() {
-            return None;
-        }
-        let mut st = self.state.lock();
-        if st.deleted {
-            return None;
-        }
-        Some(snapshot(&mut st, legacy))
+    /// The hard references of the current data, without encoding it.
+    fn references(&self) -> Vec<Arc<str>> {
+        let st = self.state.lock();
+        st.data.as_ref().map(|d| d.hard_references().map(Arc::from).collect()).unwrap_or_default()
     }
 
     /// The current data (for the HTTP API encoders).
@@ -591,7 +585,7 @@ impl Cache {
         let root = self.load(key).await?;
         let mut graph = Graph { entries: HashMap::new(), errors: HashMap::new() };
         graph.entries.insert(root.key.clone(), root.clone());
-        let mut frontier: Vec<Arc<str>> = root.snapshot(false).map(|s| s.refs).unwrap_or_default();
+        let mut frontier: Vec<Arc<str>> = root.references();
         let throttle = (self.0.reference_throttle > 0).then(|| Arc::new(Semaphore::new(self.0.reference_throttle)));
         while !frontier.is_empty() {
             let mut seen = HashSet::new();
@@ -612,7 +606,7 @@ impl Cache {
             for (k, r) in futures_util::future::join_all(loads).await {
                 match r {
                     Ok(e) => {
-                        frontier.extend(e.snapshot(false).map(|s| s.refs).unwrap_or_default());
+                        frontier.extend(e.references());
                         graph.entries.insert(k, e);
                     }
                     Err(err) => {

@@ -180,16 +180,12 @@ pub fn error_frame(id: Option<u64>, err: &ResError) -> Vec<u8> {
 /// `{"event":"<rid>.<name>","data":<data>}`; `data` omitted when there is none.
 pub fn event_frame(rid: &str, event: &str, data: Option<&[u8]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(rid.len() + event.len() + data.map_or(0, <[u8]>::len) + 24);
-    out.extend_from_slice(b"{\"event\":\"");
-    // rid and event are validated printable ASCII without quotes; only '"' and '\\' need escaping.
+    out.extend_from_slice(b"{\"event\":");
     let mut name = String::with_capacity(rid.len() + event.len() + 1);
     name.push_str(rid);
     name.push('.');
     name.push_str(event);
-    let mut quoted = Vec::with_capacity(name.len() + 2);
-    write_str(&mut quoted, &name);
-    out.extend_from_slice(&quoted[1..quoted.len() - 1]);
-    out.push(b'"');
+    write_str(&mut out, &name);
     if let Some(data) = data {
         out.extend_from_slice(b",\"data\":");
         out.extend_from_slice(data);
