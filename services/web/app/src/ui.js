@@ -39,6 +39,8 @@ export function connectionBanner(session) {
     } else {
       el.className = 'conn conn-lost';
       el.dataset.state = 'lost';
+      // A restart can be over before anyone looks: the count keeps the loss observable.
+      el.dataset.lost = String(Number(el.dataset.lost ?? 0) + 1);
       render(el, h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Connection lost — reconnecting…');
     }
   });
