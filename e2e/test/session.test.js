@@ -108,10 +108,10 @@ test('sessions outlive several access-token lifetimes: holds, live updates, paym
   const { page: b } = users.bob;
   await a.click(seat(s1));
   await seatShows(a, s1, 'mine', 5_000);
-  await seatShows(b, s1, 'held', 1_000);
+  await seatShows(b, s1, 'held', 2_000);
   await b.click(seat(s2));
   await seatShows(b, s2, 'mine', 5_000);
-  await seatShows(a, s2, 'held', 1_000);
+  await seatShows(a, s2, 'held', 2_000);
   // A token or two later: pay, and the ticket appears live in "my tickets" (a subscription that
   // the gateway drops the moment the connection's token is cleared).
   await sleep(TOKEN_TTL_SECS * 1000 + 1500);
@@ -144,7 +144,7 @@ test('a tab that comes back after its access token expired is still signed in (r
   const s = Object.keys(states).sort().find((x) => x.startsWith('2-') && states[x] === 'free');
   await page.click(seat(s));
   await seatShows(page, s, 'mine', 5_000);
-  await seatShows(users.bob.page, s, 'held', 1_000);
+  await seatShows(users.bob.page, s, 'held', 2_000);
   await page.waitForSelector('#orders li[data-status="placed"]', { timeout: 5_000 });
   await page.click(seat(s));
   await seatShows(page, s, 'free', 5_000);
