@@ -127,7 +127,7 @@ async function inView(page, selector) {
   });
 }
 
-test('on a phone the selection, price and Pay stay in view next to the seat map', async () => {
+test('on a phone the selection, price and Pay stay in view next to the seat map, and focused seats clear of them', async () => {
   const { page } = bob;
   const s = await nextFreeSeat();
   // The seat map is long: scroll it to the seat as a person would, tap it.
@@ -138,6 +138,22 @@ test('on a phone the selection, price and Pay stay in view next to the seat map'
     const v = await inView(page, sel);
     assert.ok(v.inside && v.uncovered, `${sel} on the phone: ${JSON.stringify(v)}`);
   }
+  // Tabbing onto a seat that is behind the bar brings it out from under it.
+  const hidden = await page.evaluate(() => {
+    const bar = document.querySelector('#departure .basket').getBoundingClientRect();
+    const seats = [...document.querySelectorAll('#seatmap button.seat')];
+    const i = seats.findIndex((b) => {
+      const r = b.getBoundingClientRect();
+      return r.top > bar.top && r.bottom < window.innerHeight;
+    });
+    if (i > 0) seats[i - 1].focus();
+    return i > 0 ? seats[i].dataset.seat : null;
+  });
+  assert.ok(hidden, 'a seat behind the bar');
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement?.dataset.seat), hidden);
+  const f = await inView(page, seat(hidden));
+  assert.ok(f.inside && f.uncovered, `focused seat ${hidden} clear of the bar: ${JSON.stringify(f)}`);
   // Further down the map, the bar is still there.
   await page.$eval('#seatmap section.car:last-of-type', (el) => el.scrollIntoView({ block: 'end' }));
   const v = await inView(page, '#pay');
@@ -190,11 +206,13 @@ test('keyboard: seats are reached with Tab, show focus, and Enter / Space hold a
 
 test('a hold that expires frees the seat live for B, who can then hold it', async () => {
   const s = await nextFreeSeat();
+  const clicked = Date.now();
   await alice.page.click(seat(s));
   await seatShows(alice.page, s, 'mine');
   await seatShows(bob.page, s, 'held', 1_000);
-  const heldMs = await seatShows(bob.page, s, 'free', (HOLD_TTL_SECS + 15) * 1000);
-  assert.ok(heldMs >= (HOLD_TTL_SECS - 2) * 1000, `the hold ended after ${heldMs} ms, before its ${HOLD_TTL_SECS} s`);
+  await seatShows(bob.page, s, 'free', (HOLD_TTL_SECS + 15) * 1000);
+  const heldMs = Date.now() - clicked; // the hold was made after the click, so it lasted less
+  assert.ok(heldMs >= HOLD_TTL_SECS * 1000, `the hold ended ${heldMs} ms after the click, before its ${HOLD_TTL_SECS} s`);
   assert.match(await toastText(alice.page, 'error', 5_000), /expired/);
   await seatShows(alice.page, s, 'free', 2_000);
   await bob.page.click(seat(s));
