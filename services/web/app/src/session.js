@@ -69,7 +69,8 @@ export class Session extends Emitter {
       this.user = user;
       this.#authenticate('refresh');
     });
-    // Raised a minute before expiry (or at once for shorter-lived tokens), again after renewal.
+    // Raised a minute before expiry (about a second after issue for tokens shorter-lived than
+    // that), and again for each renewed token.
     this.oidc.events.addAccessTokenExpiring(() => {
       if (this.user) this.#renew().catch(() => {});
     });
