@@ -440,15 +440,19 @@ impl Conn {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let result = shared.call(&subject, payload).await;
-            tx.send(ConnMsg::Done(Completion::Call {
-                id,
-                key,
-                access: None,
-                result,
-                is_new: false,
-                started,
-                label: "auth",
-            }));
+            // Behind any token event the service sent before replying (see `after_conn_events`).
+            shared.after_conn_events(
+                &tx,
+                ConnMsg::Done(Completion::Call {
+                    id,
+                    key,
+                    access: None,
+                    result,
+                    is_new: false,
+                    started,
+                    label: "auth",
+                }),
+            );
         });
     }
 

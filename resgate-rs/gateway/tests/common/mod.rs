@@ -344,8 +344,12 @@ impl Service {
 
     /// Publishes without flushing (for bursts); call `flush` after.
     pub async fn publish_event_noflush(&self, rid: &str, event: &str, payload: &Value) {
-        let subject = format!("event.{rid}.{event}");
-        self.client.publish(subject, serde_json::to_vec(payload).unwrap().into()).await.expect("publish");
+        self.publish_json_noflush(&format!("event.{rid}.{event}"), payload).await
+    }
+
+    /// Publishes without flushing, so the next publish follows it closely on the wire.
+    pub async fn publish_json_noflush(&self, subject: &str, payload: &Value) {
+        self.client.publish(subject.to_owned(), serde_json::to_vec(payload).unwrap().into()).await.expect("publish");
     }
 
     pub async fn flush(&self) {
