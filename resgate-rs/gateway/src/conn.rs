@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::Instrument;
 
 pub type ConnId = u64;
 
@@ -291,6 +292,14 @@ impl Conn {
                 .inc();
         }
         tracing::trace!(cid = %self.cid, id, method = req.method(), "request");
+        // Each request is a trace of its own (a connection lives for hours); the tasks it spawns
+        // for NATS calls run in it, so the services' spans join it through the message headers.
+        let span = if res_telemetry::traces_exported() {
+            tracing::info_span!(parent: None, "ws.request", cid = %self.cid, id, method = req.method())
+        } else {
+            tracing::Span::none()
+        };
+        let _in_request = span.enter();
         match method {
             Method::Version => self.version_request(id, req.params),
             Method::Subscribe(rid) => self.resource_request(id, rid, Mode::Subscribe, started),
@@ -362,16 +371,28 @@ impl Conn {
     ) {
         let shared = self.shared.clone();
         let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let access = async {
-                match access_payload {
-                    Some(p) => Some(shared.access(&key, p).await),
-                    None => cached.map(Ok),
-                }
-            };
-            let (access, graph) = tokio::join!(access, shared.cache.load_graph(&key));
-            tx.send(ConnMsg::Done(Completion::Resource { id, mode, client_rid, key, access, graph, started, label }));
-        });
+        tokio::spawn(
+            async move {
+                let access = async {
+                    match access_payload {
+                        Some(p) => Some(shared.access(&key, p).await),
+                        None => cached.map(Ok),
+                    }
+                };
+                let (access, graph) = tokio::join!(access, shared.cache.load_graph(&key));
+                tx.send(ConnMsg::Done(Completion::Resource {
+                    id,
+                    mode,
+                    client_rid,
+                    key,
+                    access,
+                    graph,
+                    started,
+                    label,
+                }));
+            }
+            .in_current_span(),
+        );
     }
 
     fn unsubscribe(&mut self, id: u64, rid: &str, params: Option<&RawValue>, started: Instant) {
@@ -407,25 +428,28 @@ impl Conn {
         let shared = self.shared.clone();
         let tx = self.tx.clone();
         let method = method.to_owned();
-        tokio::spawn(async move {
-            let access = match access_payload {
-                Some(p) => Some(shared.access(&key, p).await),
-                None => cached.map(Ok),
-            };
-            let allowed = match &access {
-                Some(Ok(a)) if a.can_call(&method) => Ok(()),
-                Some(Err(e)) => Err(e.clone()),
-                _ => Err(ResError::access_denied()),
-            };
-            let result = match allowed {
-                Ok(()) => shared.call(&subject, payload).await,
-                Err(e) => Err(e),
-            };
-            shared.after_conn_events(
-                &tx,
-                ConnMsg::Done(Completion::Call { id, key, access, result, is_new, started, label: "call" }),
-            );
-        });
+        tokio::spawn(
+            async move {
+                let access = match access_payload {
+                    Some(p) => Some(shared.access(&key, p).await),
+                    None => cached.map(Ok),
+                };
+                let allowed = match &access {
+                    Some(Ok(a)) if a.can_call(&method) => Ok(()),
+                    Some(Err(e)) => Err(e.clone()),
+                    _ => Err(ResError::access_denied()),
+                };
+                let result = match allowed {
+                    Ok(()) => shared.call(&subject, payload).await,
+                    Err(e) => Err(e),
+                };
+                shared.after_conn_events(
+                    &tx,
+                    ConnMsg::Done(Completion::Call { id, key, access, result, is_new, started, label: "call" }),
+                );
+            }
+            .in_current_span(),
+        );
     }
 
     fn auth(&mut self, id: u64, rid: &str, method: &str, params: Option<&RawValue>, started: Instant) {
@@ -438,22 +462,25 @@ impl Conn {
         let payload = self.request_fields(query, params).encode_with(Some(&self.http));
         let shared = self.shared.clone();
         let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let result = shared.call(&subject, payload).await;
-            // Behind any token event the service sent before replying (see `after_conn_events`).
-            shared.after_conn_events(
-                &tx,
-                ConnMsg::Done(Completion::Call {
-                    id,
-                    key,
-                    access: None,
-                    result,
-                    is_new: false,
-                    started,
-                    label: "auth",
-                }),
-            );
-        });
+        tokio::spawn(
+            async move {
+                let result = shared.call(&subject, payload).await;
+                // Behind any token event the service sent before replying (see `after_conn_events`).
+                shared.after_conn_events(
+                    &tx,
+                    ConnMsg::Done(Completion::Call {
+                        id,
+                        key,
+                        access: None,
+                        result,
+                        is_new: false,
+                        started,
+                        label: "auth",
+                    }),
+                );
+            }
+            .in_current_span(),
+        );
     }
 
     // === Inbox ===

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
+use tracing::Instrument;
 
 /// NATS' maximum control line; a PUB line longer than this breaks the connection.
 const MAX_CONTROL_LINE: usize = 4096;
@@ -148,7 +149,14 @@ impl Nats {
         inner.pending.lock().insert(id, tx);
         let started = Instant::now();
         tracing::trace!(subject, payload = %String::from_utf8_lossy(&payload), "nats request");
-        let headers = res_telemetry::trace_context::headers_for(&tracing::Span::current());
+        // A child of the client request's span; its context travels in the headers, so the
+        // service's handler span becomes its child.
+        let span = if res_telemetry::traces_exported() {
+            tracing::info_span!("nats.request", kind, subject)
+        } else {
+            tracing::Span::none()
+        };
+        let headers = res_telemetry::trace_context::headers_for(&span);
         let sent = match headers {
             Some(h) => inner.client.publish_with_reply_and_headers(subject.to_owned(), reply, h, payload.into()).await,
             None => inner.client.publish_with_reply(subject.to_owned(), reply, payload.into()).await,
@@ -156,15 +164,18 @@ impl Nats {
         let result = match sent {
             Err(e) => Err(ResError::internal(format!("publishing request: {e}"))),
             Ok(()) => {
-                let mut deadline = tokio::time::Instant::now() + inner.timeout;
-                loop {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(Reply::Extend(Some(d)))) => deadline = tokio::time::Instant::now() + d,
-                        Ok(Some(Reply::Extend(None))) => {}
-                        Ok(Some(Reply::Final(r))) => break r,
-                        Ok(None) | Err(_) => break Err(ResError::timeout()),
+                let wait = async {
+                    let mut deadline = tokio::time::Instant::now() + inner.timeout;
+                    loop {
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(Reply::Extend(Some(d)))) => deadline = tokio::time::Instant::now() + d,
+                            Ok(Some(Reply::Extend(None))) => {}
+                            Ok(Some(Reply::Final(r))) => break r,
+                            Ok(None) | Err(_) => break Err(ResError::timeout()),
+                        }
                     }
-                }
+                };
+                wait.instrument(span).await
             }
         };
         inner.pending.lock().remove(&id);

@@ -131,6 +131,7 @@ pub struct ServiceRequest {
     pub subject: String,
     pub payload: Bytes,
     pub reply: Option<String>,
+    pub headers: Option<async_nats::HeaderMap>,
     client: async_nats::Client,
 }
 
@@ -226,6 +227,7 @@ impl Service {
                     subject: m.subject.to_string(),
                     payload: m.payload,
                     reply: m.reply.map(|r| r.to_string()),
+                    headers: m.headers,
                     client: client.clone(),
                 };
                 if tx.send(req).is_err() {
