@@ -330,7 +330,7 @@ impl Inner {
     fn deactivate(&self) {
         let mut out = self.out.lock();
         out.connected = false;
-        let sent = out.pongs.len() - out.unsent_pings;
+        let sent = out.pongs.len().saturating_sub(out.unsent_pings);
         out.pongs.drain(..sent);
     }
 
