@@ -91,6 +91,8 @@ struct Inner {
     /// Cancelled when the last [`Client`] is dropped.
     shutdown: CancellationToken,
     reconnect_buffer: usize,
+    /// The cluster's client URLs from the latest INFO, added to the servers to reconnect to.
+    discovered: Mutex<Vec<String>>,
 }
 
 /// Cancels the connection when the last [`Client`] clone goes away. Kept apart from `Inner`,
@@ -174,6 +176,7 @@ impl Client {
             events,
             shutdown: CancellationToken::new(),
             reconnect_buffer: opts.reconnect_buffer,
+            discovered: Mutex::new(Vec::new()),
         });
         let conn = dialer.connect_with_backoff().await;
         tracing::info!(server = %conn.server, version = %conn.info.version, "connected to NATS");
@@ -308,7 +311,7 @@ impl Inner {
     /// A connection is up: re-send every live subscription ahead of whatever was buffered
     /// while disconnected (a request buffered then needs its reply subscription first).
     fn activate(&self, info: &ServerInfo) {
-        self.max_payload.store(info.max_payload, Ordering::Relaxed);
+        self.update_info(info);
         let subs = self.subs.lock();
         let mut out = self.out.lock();
         let mut buf = BytesMut::with_capacity(subs.len() * 48 + out.buf.len());
@@ -323,6 +326,17 @@ impl Inner {
         drop(out);
         drop(subs);
         self.writable.notify_one();
+    }
+
+    /// Takes in what an INFO (at connect or later, as servers join the cluster) tells us.
+    fn update_info(&self, info: &ServerInfo) {
+        // Every INFO carries max_payload; zero would only mean a server that did not say.
+        if info.max_payload > 0 {
+            self.max_payload.store(info.max_payload, Ordering::Relaxed);
+        }
+        if !info.connect_urls.is_empty() {
+            self.discovered.lock().clone_from(&info.connect_urls);
+        }
     }
 
     /// The connection is gone: flushes whose PING went out with it fail; PINGs still in the
@@ -379,7 +393,7 @@ impl Inner {
                 }
             }
             ServerOp::Info(info) => {
-                self.max_payload.store(info.max_payload, Ordering::Relaxed);
+                self.update_info(&info);
                 if info.ldm {
                     tracing::warn!(server_id = %info.server_id, "NATS server entered lame duck mode");
                     let _ = self.events.send(Event::LameDuck);
@@ -424,6 +438,24 @@ impl Dialer {
             ping_interval: opts.ping_interval,
             connect_timeout: opts.connect_timeout,
         })
+    }
+
+    /// Adds the cluster's other servers (`host:port` from INFO `connect_urls`) to the rotation,
+    /// with the TLS choice and URL credentials of the first configured server.
+    fn add_discovered(&mut self, urls: &[String]) {
+        let template = self.servers[0].clone();
+        for url in urls {
+            let Ok(found) = parse_urls(url) else {
+                tracing::debug!(%url, "ignoring an unparsable connect_url");
+                continue;
+            };
+            for addr in found {
+                if !self.servers.iter().any(|s| s.host == addr.host && s.port == addr.port) {
+                    tracing::debug!(server = %addr.display(), "discovered a NATS server");
+                    self.servers.push(ServerAddr { tls: template.tls, auth: template.auth.clone(), ..addr });
+                }
+            }
+        }
     }
 
     /// Tries the servers in turn with growing delays until one accepts; the caller bounds it
@@ -526,6 +558,7 @@ async fn supervise(inner: Arc<Inner>, mut dialer: Dialer, mut conn: Established)
             Err(e) => e,
         };
         tracing::warn!(%server, %error, "lost the NATS connection; reconnecting");
+        dialer.add_discovered(&inner.discovered.lock());
         let _ = inner.events.send(Event::Disconnected);
         conn = tokio::select! {
             c = dialer.connect_with_backoff() => c,

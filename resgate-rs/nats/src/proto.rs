@@ -54,6 +54,9 @@ pub(crate) struct ServerInfo {
     /// Present when the server wants the nonce signed (nkey / JWT authentication).
     #[serde(default)]
     pub nonce: Option<String>,
+    /// The client URLs (`host:port`) of every server in the cluster, for reconnecting elsewhere.
+    #[serde(default)]
+    pub connect_urls: Vec<String>,
     /// Lame duck mode: the server is shutting down and will close this connection soon.
     #[serde(default)]
     pub ldm: bool,

@@ -301,3 +301,34 @@ async fn dropping_the_client_sends_what_was_published() {
     drop(client);
     assert_eq!(&next(&mut rx).await.payload[..], b"bye");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_to_a_cluster_server_learnt_from_info() {
+    let (route_a, route_b) = (res_testkit::free_port(), res_testkit::free_port());
+    let cluster_a = format!("nats://127.0.0.1:{route_a}");
+    let mut a = NatsServer::start_with(&["--cluster", &cluster_a]);
+    let b = NatsServer::start_with(&["--cluster", &format!("nats://127.0.0.1:{route_b}"), "--routes", &cluster_a]);
+    // Only A is configured; B must come from A's INFO connect_urls.
+    let (client, mut events) = connect(&a.url()).await;
+    let (on_b, _e) = connect(&b.url()).await;
+    let (_probe, mut probe) = channel_sub(&client, "probe");
+    client.flush().await.unwrap();
+    // Once B's messages reach us through A, the route is up and A has sent us its new INFO.
+    let route_up = async {
+        loop {
+            publish(&on_b, "probe", "");
+            on_b.flush().await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(100), probe.recv()).await.is_ok() {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, route_up).await.expect("the cluster route forms");
+    tokio::task::block_in_place(|| a.stop());
+    assert_eq!(next_event(&mut events).await, Event::Disconnected);
+    assert_eq!(next_event(&mut events).await, Event::Reconnected);
+    let (_sub, mut rx) = channel_sub(&client, "via.b");
+    client.flush().await.unwrap();
+    publish(&on_b, "via.b", "hello");
+    assert_eq!(&next(&mut rx).await.payload[..], b"hello");
+}
