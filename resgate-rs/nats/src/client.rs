@@ -22,6 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Unanswered keepalive PINGs after which the connection is declared dead (as nats.go).
 const MAX_PINGS_OUT: u32 = 2;
+/// nats-server's default `max_control_line`: a longer PUB/SUB line makes it close the
+/// connection, failing everyone's traffic, so such a call fails on its own instead.
+const MAX_CONTROL_LINE: usize = 4096;
+/// Room for the operation name, sizes, sid, spaces and CRLF around the subjects in a line.
+const CONTROL_LINE_OVERHEAD: usize = 48;
 /// How much the reader asks the socket for at once.
 const READ_CHUNK: usize = 64 * 1024;
 /// A write buffer that grew past this during a burst is released rather than kept forever.
@@ -205,6 +210,9 @@ impl Client {
         if !proto::valid_subject(subject, true) {
             return Err(Error::InvalidSubject(subject.to_owned()));
         }
+        if subject.len() + CONTROL_LINE_OVERHEAD > MAX_CONTROL_LINE {
+            return Err(Error::SubjectTooLong { len: subject.len() });
+        }
         let inner = &self.inner;
         let sid = inner.next_sid.fetch_add(1, Ordering::Relaxed);
         let mut subs = inner.subs.lock();
@@ -241,6 +249,10 @@ impl Client {
         }
         if let Some(reply) = reply.filter(|r| !proto::valid_subject(r, false)) {
             return Err(Error::InvalidSubject(reply.to_owned()));
+        }
+        let len = subject.len() + reply.map_or(0, str::len);
+        if len + CONTROL_LINE_OVERHEAD > MAX_CONTROL_LINE {
+            return Err(Error::SubjectTooLong { len });
         }
         let headers = headers.map(proto::encode_headers).transpose().map_err(Error::InvalidHeader)?;
         let size = payload.len() + headers.as_ref().map_or(0, Bytes::len);
@@ -310,6 +322,9 @@ impl Outbound {
 impl Inner {
     /// A connection is up: re-send every live subscription ahead of whatever was buffered
     /// while disconnected (a request buffered then needs its reply subscription first).
+    ///
+    /// A SUB still in the buffer from before the loss is then sent twice; nats-server ignores a
+    /// SUB for a sid it already has, so that costs nothing.
     fn activate(&self, info: &ServerInfo) {
         self.update_info(info);
         let subs = self.subs.lock();

@@ -167,6 +167,8 @@ pub enum ConnectError {
 pub enum Error {
     #[error("invalid subject {0:?}")]
     InvalidSubject(String),
+    #[error("subjects of {len} bytes do not fit in a NATS protocol line")]
+    SubjectTooLong { len: usize },
     #[error("invalid header: {0}")]
     InvalidHeader(&'static str),
     #[error("message of {size} bytes exceeds the server's max_payload of {max} bytes")]

@@ -230,6 +230,11 @@ async fn rejects_payloads_over_max_payload_and_invalid_subjects() {
     }
     assert!(matches!(client.publish("s", Some("bad reply"), None, Bytes::new()), Err(Error::InvalidSubject(_))));
     assert!(matches!(client.subscribe("a..b", Arc::new(|_| {})), Err(Error::InvalidSubject(_))));
+    // The server would close the connection over a control line this long.
+    let long = "x".repeat(4096);
+    assert!(matches!(client.publish(&long, None, None, Bytes::new()), Err(Error::SubjectTooLong { .. })));
+    assert!(matches!(client.publish("s", Some(&long), None, Bytes::new()), Err(Error::SubjectTooLong { .. })));
+    assert!(matches!(client.subscribe(&long, Arc::new(|_| {})), Err(Error::SubjectTooLong { .. })));
     // Still connected: nothing invalid reached the server.
     client.flush().await.unwrap();
 }
