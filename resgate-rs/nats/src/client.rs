@@ -198,8 +198,9 @@ impl Client {
     /// each message inline, synchronously, before parsing the next one. So handlers of *all*
     /// subscriptions see messages in exactly the order the server sent them, e.g. an event
     /// published just before a reply is handled before the reply. The flip side: a handler must
-    /// be quick and must never block or panic (it stalls or kills every subscription); hand
-    /// work off with `try_send` into a channel. It may publish, subscribe or drop subscriptions.
+    /// be quick and must never block (it stalls every subscription); hand work off with
+    /// `try_send` into a channel. It may publish, subscribe or drop subscriptions. A panic is
+    /// caught and logged, and that message is lost.
     ///
     /// A handler that owns a [`Client`] keeps the connection open until its subscription is
     /// dropped; hold a [`Client`] elsewhere and drop the subscription to close.
@@ -382,7 +383,13 @@ impl Inner {
                 // Clone the handler out so it runs without the lock: it may (un)subscribe.
                 let handler = self.subs.lock().get(&sid).map(|s| s.handler.clone());
                 match handler {
-                    Some(handler) => handler(message),
+                    // A panicking handler must not take the reader, and with it every other
+                    // subscription, down with it.
+                    Some(handler) => {
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(message))).is_err() {
+                            tracing::error!(sid, "a NATS subscription handler panicked; message dropped");
+                        }
+                    }
                     None => tracing::trace!(sid, subject = %message.subject, "message for an ended subscription"),
                 }
             }

@@ -150,6 +150,18 @@ async fn headers_and_reply_subjects_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_loses_its_message_only() {
+    let server = NatsServer::start();
+    let (client, _events) = connect(&server.url()).await;
+    let _bad = client.subscribe("boom", Arc::new(|_| panic!("handler bug"))).unwrap();
+    let (_good, mut good) = channel_sub(&client, "fine");
+    publish(&client, "boom", "");
+    publish(&client, "fine", "after");
+    assert_eq!(&next(&mut good).await.payload[..], b"after");
+    client.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_subscription_unsubscribes() {
     let server = NatsServer::start();
     let (client, _events) = connect(&server.url()).await;
