@@ -11,23 +11,38 @@ import { chromium } from 'playwright-core';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const ARTIFACTS = path.join(ROOT, 'e2e-artifacts');
 const BASE = Number(process.env.E2E_PORT_BASE || 27000);
-export const PORTS = {
-  web: BASE,
-  gateway: BASE + 80,
-  oidc: BASE + 180,
-  nats: BASE + 222,
-  redis: BASE + 379,
-  pg: BASE + 432,
-  admin: BASE + 101,
-};
-export const HOLD_TTL_SECS = Number(process.env.E2E_HOLD_TTL_SECS || 30);
-export const WEB = `http://127.0.0.1:${PORTS.web}`;
-export const API = `http://127.0.0.1:${PORTS.gateway}/api`;
+/** Ports of a platform; each test file uses its own offset so one's leftovers never meet another. */
+export function portsAt(base) {
+  return {
+    web: base,
+    gateway: base + 80,
+    oidc: base + 180,
+    nats: base + 222,
+    redis: base + 379,
+    pg: base + 432,
+    admin: base + 101,
+  };
+}
+export const PORTS = portsAt(BASE);
+// Short enough that the expiry test is quick, long enough for a hold → pay step on a busy machine.
+export const HOLD_TTL_SECS = Number(process.env.E2E_HOLD_TTL_SECS || 8);
+export let WEB = `http://127.0.0.1:${PORTS.web}`;
+export let API = `http://127.0.0.1:${PORTS.gateway}/api`;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export class Platform {
-  constructor() {
+  /**
+   * @param {{name?: string, offset?: number, env?: Record<string, string>}} opts name: of the log
+   *   file in e2e-artifacts; offset: added to E2E_PORT_BASE; env: extra environment for run.sh.
+   */
+  constructor({ name = 'platform', offset = 0, env = {} } = {}) {
+    this.name = name;
+    this.ports = portsAt(BASE + offset);
+    this.extraEnv = env;
+    // The helpers below talk to the platform of this test file (one per process).
+    WEB = `http://127.0.0.1:${this.ports.web}`;
+    API = `http://127.0.0.1:${this.ports.gateway}/api`;
     this.runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'booking-e2e-'));
     fs.chmodSync(this.runDir, 0o755); // PostgreSQL runs as its own user when we are root
     this.output = [];
@@ -35,23 +50,25 @@ export class Platform {
 
   /** Starts ./run.sh and waits (bounded) for its ready line. */
   async start(timeoutMs = Number(process.env.E2E_START_TIMEOUT_MS || 600_000)) {
+    const P = this.ports;
     const env = {
       ...process.env,
       RUN_DIR: this.runDir,
-      NATS_PORT: String(PORTS.nats),
-      PG_PORT: String(PORTS.pg),
-      REDIS_PORT: String(PORTS.redis),
-      OIDC_PORT: String(PORTS.oidc),
-      GATEWAY_PORT: String(PORTS.gateway),
-      WEB_PORT: String(PORTS.web),
-      ADMIN_PORT_BASE: String(PORTS.admin),
+      NATS_PORT: String(P.nats),
+      PG_PORT: String(P.pg),
+      REDIS_PORT: String(P.redis),
+      OIDC_PORT: String(P.oidc),
+      GATEWAY_PORT: String(P.gateway),
+      WEB_PORT: String(P.web),
+      ADMIN_PORT_BASE: String(P.admin),
       BOOKING_HOLD_TTL_SECS: String(HOLD_TTL_SECS),
       BOOKING_SWEEP_INTERVAL_MS: '200',
+      ...this.extraEnv,
     };
     const flags = (process.env.E2E_RUN_FLAGS || '').split(/\s+/).filter(Boolean); // e.g. --no-build
     this.proc = spawn(path.join(ROOT, 'run.sh'), flags, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     this.exited = new Promise((resolve) => this.proc.on('exit', (code, signal) => resolve({ code, signal })));
-    const log = fs.createWriteStream(path.join(ARTIFACTS, 'platform.log'));
+    const log = fs.createWriteStream(path.join(ARTIFACTS, `${this.name}.log`));
     const ready = new Promise((resolve, reject) => {
       const onLine = (chunk) => {
         const text = chunk.toString();
@@ -107,7 +124,9 @@ export class Platform {
   async stop(timeoutMs = 90_000) {
     if (this.proc && this.proc.exitCode === null) {
       this.proc.kill('SIGTERM');
-      const r = await Promise.race([this.exited, sleep(timeoutMs).then(() => null)]);
+      let timer;
+      const r = await Promise.race([this.exited, new Promise((resolve) => { timer = setTimeout(resolve, timeoutMs, null); })]);
+      clearTimeout(timer); // a pending timer would keep the test process alive for the full timeout
       if (!r) {
         this.proc.kill('SIGKILL');
         throw new Error(`run.sh did not stop within ${timeoutMs} ms`);
@@ -150,6 +169,19 @@ export async function seatStates(dep) {
 /** Opens the app in a new context (phone- or desktop-sized) and signs in through the issuer. */
 export async function signedInPage(browser, user, { viewport = { width: 1280, height: 900 } } = {}) {
   const context = await browser.newContext({ viewport });
+  // Every message the app shows, kept for assertions and failure reports: window.__toasts.
+  await context.addInitScript(() => {
+    window.__toasts = [];
+    new MutationObserver((records) => {
+      for (const r of records) {
+        for (const n of r.addedNodes) {
+          if (n.nodeType === 1 && n.classList.contains('toast')) {
+            window.__toasts.push({ kind: n.dataset.kind, text: n.textContent.replace(/×$/, ''), at: Date.now() });
+          }
+        }
+      }
+    }).observe(document, { childList: true, subtree: true });
+  });
   const page = await context.newPage();
   page.on('dialog', (d) => d.accept());
   page.on('pageerror', (e) => console.error(`[${user} page error]`, e.message));
@@ -172,6 +204,52 @@ export async function openDeparture(page, dep) {
   url.searchParams.set('dep', String(dep.id));
   await page.goto(url.toString(), { timeout: 20_000 });
   await page.waitForSelector('#seatmap button.seat', { timeout: 15_000 });
+}
+
+/** The messages the page has shown so far ({kind, text, at}). */
+export async function toastLog(page) {
+  return page.evaluate(() => window.__toasts || []);
+}
+
+/** Until the gateway answers for the seat map again (services reconnected), bounded. */
+export async function apiReady(dep, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await seatStates(dep);
+      await getJson(`${API}/pricing/departure/${dep}`);
+      return;
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      await sleep(500);
+    }
+  }
+}
+
+/** The seat states a page shows: {seatId: state}. */
+export async function shownStates(page) {
+  return page.$$eval('#seatmap button.seat', (bs) => Object.fromEntries(bs.map((b) => [b.dataset.seat, b.dataset.state])));
+}
+
+/**
+ * Until the page shows every seat as the server has it (the page's own holds as 'mine'), bounded.
+ * Polls both sides, so a transition landing between the two reads (a hold expiring) is not a
+ * mismatch; a page that stays wrong fails with the differing seats.
+ */
+export async function pageAgreesWithServer(page, dep, mine = [], timeoutMs = 5_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const states = await seatStates(dep);
+    const shown = await shownStates(page);
+    const diff = Object.entries(states)
+      .map(([id, st]) => [id, st === 'held' && mine.includes(id) ? 'mine' : st, shown[id]])
+      .filter(([, want, got]) => want !== got);
+    if (!diff.length) return;
+    if (Date.now() > deadline) {
+      throw new Error(`page differs from the server: ${diff.slice(0, 10).map(([id, want, got]) => `${id} shown ${got}, is ${want}`).join('; ')}`);
+    }
+    await sleep(250);
+  }
 }
 
 export const seat = (id) => `#seatmap button[data-seat="${id}"]`;

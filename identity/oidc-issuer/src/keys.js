@@ -1,15 +1,23 @@
 // Signing keys: generated at start (or loaded from --data-dir), published in JWKS with a `kid`.
 // The first key in the set is the current signing key; older ones stay published so tokens signed
 // before a rotation keep verifying.
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPair, randomBytes } from 'node:crypto';
 import {
   mkdirSync, readFileSync, writeFileSync, renameSync, existsSync,
 } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { calculateJwkThumbprint } from 'jose';
 
+// Not generateKeyPairSync: on Node 20 a garbage collection during the synchronous job can run
+// the job's own destructor, which waits for a mutex the job holds, and the process hangs for
+// good before it listens (seen as an issuer that "never reports ready", about 1 start in 50 on a
+// busy machine; the native stack is ~KeyGenJob -> uv_mutex_lock under GlobalHandles weak
+// callbacks). The asynchronous job keeps itself alive until it is done.
+export const generateRsaKeyPair = promisify(generateKeyPair);
+
 export async function generateSigningJwk() {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const { privateKey } = await generateRsaKeyPair('rsa', { modulusLength: 2048 });
   const jwk = privateKey.export({ format: 'jwk' });
   // RFC 7638 thumbprint: a stable, collision-free kid derived from the public key.
   const kid = await calculateJwkThumbprint(jwk, 'sha256');

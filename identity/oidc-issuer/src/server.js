@@ -1,11 +1,11 @@
 // HTTP front: mounts the provider under the issuer's path (/realms/<realm>, like Keycloak), swaps in
 // a fresh provider instance when signing keys rotate, and serves the test-only admin endpoints.
 import { createServer } from 'node:http';
-import { randomUUID, generateKeyPairSync, createPublicKey } from 'node:crypto';
+import { randomUUID, createPublicKey } from 'node:crypto';
 import { importJWK, SignJWT } from 'jose';
 
 import { loadRealm, DEFAULT_REALM_FILE } from './realm.js';
-import { KeyStore, publicJwk } from './keys.js';
+import { KeyStore, generateRsaKeyPair, publicJwk } from './keys.js';
 import { createProvider, ROUTES, resourceIndicator } from './provider.js';
 import { userAccessClaims } from './claims.js';
 
@@ -95,7 +95,7 @@ export async function startIssuer({
     let jwk = keyStore.current;
     if (body.unpublished_key) {
       // A well-formed key the JWKS never publishes: tokens signed with it must be refused.
-      const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+      const { privateKey } = await generateRsaKeyPair('rsa', { modulusLength: 2048 });
       jwk = { ...privateKey.export({ format: 'jwk' }), kid: `unpublished-${randomUUID()}`, alg: 'RS256' };
     }
     const header = { alg: 'RS256', typ: 'at+jwt', kid: jwk.kid };

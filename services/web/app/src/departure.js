@@ -16,6 +16,7 @@ export class DepartureView {
     this.id = null;
     this.holds = []; // [{holdId, seats, expiresAt}]
     this.busy = new Set(); // seats with a request in flight
+    this.releasing = new Set(); // hold IDs being released by me (their seats freeing is no loss)
     this.buttons = new Map(); // seat id -> button
     this.listeners = [];
     this.timer = null;
@@ -36,6 +37,8 @@ export class DepartureView {
   }
 
   close() {
+    this.barObserver?.disconnect();
+    document.documentElement.style.removeProperty('--basket-h');
     for (const off of this.listeners) off();
     this.listeners = [];
     clearInterval(this.timer);
@@ -90,7 +93,8 @@ export class DepartureView {
     const lost = [];
     this.holds = this.holds.filter((hold) => {
       const gone = hold.seats.some((s) => this.map[s] !== 'held');
-      if (gone && !this.paying) lost.push(hold);
+      // The release's event comes before its reply: that is not an expiry.
+      if (gone && !this.paying && !this.releasing.has(hold.holdId)) lost.push(hold);
       return !gone || this.paying;
     });
     if (lost.length) {
@@ -142,6 +146,13 @@ export class DepartureView {
     );
     this.#drawHeader();
     this.#drawBasket();
+    // On narrow screens the basket is a bar stuck to the bottom (style.css): publish its height.
+    this.barObserver?.disconnect();
+    this.barObserver = new ResizeObserver(() => {
+      const bar = window.matchMedia('(max-width: 820px)').matches ? this.basket.offsetHeight : 0;
+      document.documentElement.style.setProperty('--basket-h', `${bar}px`);
+    });
+    this.barObserver.observe(this.basket);
   }
 
   #car(car, list) {
@@ -286,7 +297,12 @@ export class DepartureView {
     try {
       if (state === 'mine') {
         const hold = this.holds.find((x) => x.seats.includes(seatId));
-        await this.session.call(`seats.departure.${this.id}`, 'release', { holdId: hold.holdId });
+        this.releasing.add(hold.holdId);
+        try {
+          await this.session.call(`seats.departure.${this.id}`, 'release', { holdId: hold.holdId });
+        } finally {
+          this.releasing.delete(hold.holdId);
+        }
         this.holds = this.holds.filter((x) => x !== hold);
       } else {
         const hold = await this.session.call(`seats.departure.${this.id}`, 'hold', { seats: [seatId] });
@@ -306,10 +322,13 @@ export class DepartureView {
   async #releaseAll() {
     const holds = [...this.holds];
     for (const hold of holds) {
+      this.releasing.add(hold.holdId);
       try {
         await this.session.call(`seats.departure.${this.id}`, 'release', { holdId: hold.holdId });
       } catch (e) {
         if (errorCode(e) !== 'booking.holdExpired') showError(e);
+      } finally {
+        this.releasing.delete(hold.holdId);
       }
       this.holds = this.holds.filter((x) => x !== hold);
       for (const s of hold.seats) this.#drawSeat(s);

@@ -2,11 +2,23 @@
 // Keycloak and the local issuer) and the RES connection (resclient over resgate-rs), which is
 // authenticated in-band with the access token: after sign-in, after every token refresh, and
 // again on every (re)connect of the WebSocket.
+//
+// Token refresh is done here rather than by oidc-client-ts' automaticSilentRenew, because the
+// issuers rotate refresh tokens and treat a reused one as theft (the whole sign-in is revoked):
+// so at most one refresh runs at a time, a failed one is retried while it can still succeed, and
+// an access token that expires is renewed with the refresh token instead of signing the user out.
+// The user is signed out only when the issuer refuses the refresh token.
 
-import { UserManager, WebStorageStateStore } from 'oidc-client-ts';
+import { ErrorResponse, UserManager, WebStorageStateStore } from 'oidc-client-ts';
 import ResClient from 'resclient';
 import { Emitter } from './dom.js';
 
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The issuer refused the refresh (invalid_grant: expired, revoked, session ended...). */
+function refused(e) {
+  return e instanceof ErrorResponse && !['server_error', 'temporarily_unavailable'].includes(e.error);
+}
 
 export class Session extends Emitter {
   /** @param {{gatewayUrl: string, oidc: {issuer: string, clientId: string}}} config */
@@ -21,7 +33,7 @@ export class Session extends Emitter {
       post_logout_redirect_uri: `${origin}/`,
       response_type: 'code',
       scope: 'openid profile email',
-      automaticSilentRenew: true,
+      automaticSilentRenew: false, // see #renew
       userStore: new WebStorageStateStore({ store: window.sessionStorage }),
       stateStore: new WebStorageStateStore({ store: window.sessionStorage }),
     });
@@ -30,10 +42,14 @@ export class Session extends Emitter {
     this.authenticated = false; // the RES connection carries the current token
     this.connected = false;
     this.everConnected = false;
+    this.renewing = null; // the refresh in flight, if any
+    this.authChain = Promise.resolve(); // in-band logins, one at a time, newest token last
 
     this.client = new ResClient(config.gatewayUrl, { reconnectDelay: 1000, subscribeStaleDelay: 1000 });
-    // Runs before stale resources are resubscribed: the new connection has no token yet.
-    this.client.setOnConnect(() => this.#authenticate('reconnect'));
+    // Runs before stale resources are resubscribed: the new connection has no token yet. The
+    // login must be sent synchronously here (resclient counts as connected only during this
+    // call), so it bypasses the queue; logins queued for the old connection follow it.
+    this.client.setOnConnect(() => this.#login('reconnect'));
     this.client.on('connect', () => {
       const wasReconnect = this.everConnected;
       this.connected = true;
@@ -48,20 +64,65 @@ export class Session extends Emitter {
     this.client.on('error', (err) => console.warn('resclient error', err));
 
     this.oidc.events.addUserLoaded((user) => {
-      // Token refreshed (silent renew with the refresh token): re-authenticate in-band.
+      // Signed in, or token refreshed: re-authenticate in-band with the new access token.
+      if (!this.user && !this.signingIn) return; // signed out while a refresh was in flight
       this.user = user;
       this.#authenticate('refresh');
     });
+    // Raised a minute before expiry (or at once for shorter-lived tokens), again after renewal.
+    this.oidc.events.addAccessTokenExpiring(() => {
+      if (this.user) this.#renew().catch(() => {});
+    });
     this.oidc.events.addAccessTokenExpired(() => {
       if (!this.user) return;
+      if (this.user.refresh_token) {
+        // Timers do not run while a laptop sleeps: renew now; only a refusal signs out.
+        this.#renew().catch(() => {});
+        return;
+      }
       this.emit('error', { code: 'session.expired', message: 'Your session has expired. Please sign in again.' });
       this.#dropUser();
     });
-    this.oidc.events.addSilentRenewError((err) => {
-      console.warn('silent renew failed', err);
-      this.emit('error', { code: 'session.renewFailed', message: 'Could not refresh your sign-in. Please sign in again.' });
-    });
-    this.oidc.events.addUserSignedOut(() => this.#dropUser());
+  }
+
+  /**
+   * Refreshes the tokens with the refresh token, one refresh at a time. Resolves with the new
+   * user; rejects when it is refused (the user is then signed out) or the user signed out.
+   */
+  #renew(giveUpAfterMs = Infinity) {
+    if (!this.renewing) {
+      this.renewing = this.#renewLoop(Date.now() + giveUpAfterMs).finally(() => {
+        this.renewing = null;
+      });
+    }
+    return this.renewing;
+  }
+
+  async #renewLoop(giveUpAt) {
+    let warned = false;
+    for (let attempt = 0; ; attempt++) {
+      if (!this.user?.refresh_token) throw new Error('not signed in');
+      try {
+        return await this.oidc.signinSilent();
+      } catch (e) {
+        if (!this.user) throw e; // signed out meanwhile
+        if (refused(e)) {
+          console.warn('token refresh refused', e);
+          this.emit('error', { code: 'session.expired', message: 'Your sign-in has ended. Please sign in again.' });
+          this.#dropUser();
+          throw e;
+        }
+        // Issuer unreachable or busy: retry with backoff. Tell the user once the access token
+        // (and so the booking connection's sign-in) has run out.
+        console.warn('token refresh failed; retrying', e);
+        if (Date.now() >= giveUpAt) throw e;
+        if (!warned && this.user?.expired) {
+          warned = true;
+          this.emit('error', { code: 'session.renewFailed', message: 'Could not refresh your sign-in; retrying…' });
+        }
+        await sleep(Math.min(1000 * 2 ** attempt, 15000));
+      }
+    }
   }
 
   /** Completes a sign-in redirect if this is one; loads a stored user. Returns the path to show. */
@@ -69,17 +130,21 @@ export class Session extends Emitter {
     let returnTo = null;
     if (window.location.pathname === '/callback') {
       try {
+        this.signingIn = true;
         const user = await this.oidc.signinRedirectCallback();
         this.user = user;
         returnTo = user.state?.returnTo || '/';
       } catch (e) {
         this.emit('error', { code: 'session.callback', message: `Sign-in failed: ${e.message || e}` });
         returnTo = '/';
+      } finally {
+        this.signingIn = false;
       }
       window.history.replaceState(null, '', returnTo);
     } else {
       const user = await this.oidc.getUser();
       if (user && !user.expired) this.user = user;
+      else if (user?.refresh_token) await this.#resume(user);
       else if (user) await this.oidc.removeUser();
     }
     this.emit('user', this.user);
@@ -90,6 +155,19 @@ export class Session extends Emitter {
       console.warn('connect failed', e);
     }
     return returnTo;
+  }
+
+  /** A stored sign-in whose access token expired (the tab was away): refresh it, bounded. */
+  async #resume(stored) {
+    this.user = stored; // lets #renew run; not authenticated in-band until the refresh succeeds
+    try {
+      await this.#renew(8000);
+    } catch (e) {
+      if (this.user) {
+        this.emit('error', { code: 'session.renewFailed', message: `Could not refresh your sign-in (${e?.message || e}). Please sign in again.` });
+        this.#dropUser();
+      }
+    }
   }
 
   get sub() {
@@ -107,6 +185,7 @@ export class Session extends Emitter {
   }
 
   async signOut() {
+    await this.renewing?.catch(() => {}); // a refresh in flight would store the user again
     const user = this.user;
     try {
       if (this.connected) await this.client.authenticate(this.authRid, 'logout', {});
@@ -128,21 +207,30 @@ export class Session extends Emitter {
     this.emit('user', null);
   }
 
-  async #authenticate(why) {
-    if (!this.user?.access_token) return;
+  /** In-band login with the current access token; queued so the newest token is set last. */
+  #authenticate(why) {
+    const run = this.authChain.then(() => this.#login(why));
+    this.authChain = run.catch(() => {});
+    return run;
+  }
+
+  async #login(why) {
+    const user = this.user;
+    if (!user?.access_token || user.expired) return;
     try {
-      await this.client.authenticate(this.authRid, 'login', { token: this.user.access_token });
+      await this.client.authenticate(this.authRid, 'login', { token: user.access_token });
+      if (!this.user) return; // signed out meanwhile
       this.authenticated = true;
       this.emit('authenticated', why);
     } catch (e) {
       this.authenticated = false;
-      // A dropped connection is reported by the banner; everything else is shown.
-      if (e?.code !== 'system.disconnected') {
-        this.emit('error', {
-          code: e?.code || 'session.login',
-          message: `Could not sign in to the booking service (${e?.message || e?.code || e}).`,
-        });
-      }
+      // A dropped connection is reported by the banner; a token that expired in flight is
+      // followed by its renewal; everything else is shown.
+      if (e?.code === 'system.disconnected' || this.user !== user) return;
+      this.emit('error', {
+        code: e?.code || 'session.login',
+        message: `Could not sign in to the booking service (${e?.message || e?.code || e}).`,
+      });
     }
   }
 
