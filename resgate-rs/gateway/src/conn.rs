@@ -251,11 +251,7 @@ impl Conn {
     }
 
     fn observe(&self, label: &'static str, started: Instant) {
-        self.shared
-            .metrics
-            .client_request_duration
-            .get_or_create(&crate::metrics::MethodLabel { method: label })
-            .observe(started.elapsed().as_secs_f64());
+        self.shared.metrics.observe_request(label, started.elapsed().as_secs_f64());
     }
 
     // === Requests ===
@@ -284,11 +280,7 @@ impl Conn {
             Err(e) => return self.reply_error(id, &e),
         };
         if method != Method::Version {
-            self.shared
-                .metrics
-                .ws_requests
-                .get_or_create(&crate::metrics::MethodLabel { method: method.label() })
-                .inc();
+            self.shared.metrics.count_ws_request(method.label());
         }
         tracing::trace!(cid = %self.cid, id, method = req.method(), "request");
         match method {
@@ -339,6 +331,24 @@ impl Conn {
             return self.reply_error(id, &ResError::subscription_limit_exceeded());
         }
         let cached = self.subs.get(&key).and_then(|s| s.access.clone());
+        if mode == Mode::Get && self.blocked.is_none() && cached.as_ref().is_some_and(|a| a.get) {
+            // A get of a resource this connection already holds, with read access cached: the
+            // answer comes from the connection's own state (the resources it has not sent yet),
+            // so it is written here, without a request task and a round trip through the inbox.
+            let errors = HashMap::new();
+            let p = Pending::Reply {
+                id,
+                mode,
+                client_rid: Arc::from(rid),
+                key,
+                access: None,
+                errors,
+                pins: Vec::new(),
+                started,
+                label: "get",
+            };
+            return self.run_pending(p);
+        }
         let access_payload = cached.is_none().then(|| self.access_payload(&key));
         self.spawn_resource(id, mode, Arc::from(rid), key, access_payload, cached, started, mode_label(mode));
     }
@@ -786,21 +796,25 @@ impl Conn {
                 }
                 let mut res = Vec::with_capacity(256);
                 res.push(b'{');
-                if mode == Mode::CallResource {
+                let wrote = if mode == Mode::CallResource {
                     res.extend_from_slice(b"\"rid\":");
                     write_str(&mut res, &client_rid);
                     let mut set = Vec::new();
-                    if self.write_resource_set(&mut set, std::slice::from_ref(&key), &errors) {
+                    let wrote = self.write_resource_set(&mut set, std::slice::from_ref(&key), &errors);
+                    if wrote {
                         res.push(b',');
                         res.extend_from_slice(&set);
                     }
+                    wrote
                 } else {
-                    self.write_resource_set(&mut res, std::slice::from_ref(&key), &errors);
-                }
+                    self.write_resource_set(&mut res, std::slice::from_ref(&key), &errors)
+                };
                 res.push(b'}');
                 self.observe(label, started);
                 self.push(client::result_frame(id, &res));
-                if mode == Mode::Get {
+                // Resources a get attached are written in its reply; with none written, the get
+                // attached nothing, and there is nothing for a sweep to drop.
+                if mode == Mode::Get && wrote {
                     self.collect_garbage();
                 }
             }
