@@ -39,19 +39,27 @@ pub type ConnId = u64;
 const MAX_DIRECT_SUBSCRIPTIONS: u32 = 256;
 
 /// What reaches a connection task from the rest of the gateway.
+///
+/// Kept to two words: a connection's inbox allocates its slots in blocks of 32 from the start,
+/// so every idle connection holds 32 of these. Larger payloads are boxed.
 pub enum ConnMsg {
     Event(Arc<ResourceEvent>),
-    Done(Completion),
-    Token(TokenEvent),
+    Done(Box<Completion>),
+    Token(Box<TokenEvent>),
     TokenReset(Arc<SystemTokenReset>),
     AccessReset(Arc<Vec<ResourcePattern>>),
     /// Marks a point in the message order (see `Shared::collect_token`).
     Fence,
     /// Missing resources finished loading for the blocked operation.
-    Unblock {
-        pins: Vec<Arc<Entry>>,
-        errors: HashMap<Arc<str>, ResError>,
-    },
+    Unblock(Box<Loaded>),
+}
+
+const _: () = assert!(std::mem::size_of::<ConnMsg>() <= 16, "ConnMsg grew: box the new variant's payload");
+
+/// Resources loaded for a blocked operation: the entries, and the errors of those that failed.
+pub struct Loaded {
+    pins: Vec<Arc<Entry>>,
+    errors: HashMap<Arc<str>, ResError>,
 }
 
 /// State shared between a connection task and those who queue to it.
@@ -380,7 +388,16 @@ impl Conn {
                 }
             };
             let (access, graph) = tokio::join!(access, shared.cache.load_graph(&key));
-            tx.send(ConnMsg::Done(Completion::Resource { id, mode, client_rid, key, access, graph, started, label }));
+            tx.send(ConnMsg::Done(Box::new(Completion::Resource {
+                id,
+                mode,
+                client_rid,
+                key,
+                access,
+                graph,
+                started,
+                label,
+            })));
         });
     }
 
@@ -433,7 +450,7 @@ impl Conn {
             };
             shared.after_conn_events(
                 &tx,
-                ConnMsg::Done(Completion::Call { id, key, access, result, is_new, started, label: "call" }),
+                ConnMsg::Done(Box::new(Completion::Call { id, key, access, result, is_new, started, label: "call" })),
             );
         });
     }
@@ -450,7 +467,7 @@ impl Conn {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let result = shared.call(&subject, payload).await;
-            tx.send(ConnMsg::Done(Completion::Call {
+            tx.send(ConnMsg::Done(Box::new(Completion::Call {
                 id,
                 key,
                 access: None,
@@ -458,7 +475,7 @@ impl Conn {
                 is_new: false,
                 started,
                 label: "auth",
-            }));
+            })));
         });
     }
 
@@ -471,7 +488,8 @@ impl Conn {
         }
         if self.blocked.is_some() {
             match msg {
-                ConnMsg::Unblock { pins, errors } => {
+                ConnMsg::Unblock(loaded) => {
+                    let Loaded { pins, errors } = *loaded;
                     let mut p = self.blocked.take().expect("blocked");
                     let (e, pn) = p.parts();
                     e.extend(errors);
@@ -494,8 +512,8 @@ impl Conn {
     fn dispatch(&mut self, msg: ConnMsg) {
         match msg {
             ConnMsg::Event(ev) => self.event(ev),
-            ConnMsg::Done(c) => self.completion(c),
-            ConnMsg::Token(t) => self.token_event(t),
+            ConnMsg::Done(c) => self.completion(*c),
+            ConnMsg::Token(t) => self.token_event(*t),
             ConnMsg::TokenReset(r) => self.token_reset(&r),
             ConnMsg::AccessReset(patterns) => {
                 let keys: Vec<Arc<str>> = self
@@ -508,7 +526,7 @@ impl Conn {
                     self.reaccess(&k);
                 }
             }
-            ConnMsg::Unblock { .. } | ConnMsg::Fence => {}
+            ConnMsg::Unblock(_) | ConnMsg::Fence => {}
         }
     }
 
@@ -674,7 +692,7 @@ impl Conn {
                     }
                 }
             }
-            tx.send(ConnMsg::Unblock { pins, errors });
+            tx.send(ConnMsg::Unblock(Box::new(Loaded { pins, errors })));
         });
     }
 
@@ -911,7 +929,7 @@ impl Conn {
         let key = key.clone();
         tokio::spawn(async move {
             let result = shared.access(&key, payload).await;
-            tx.send(ConnMsg::Done(Completion::Access { key, result }));
+            tx.send(ConnMsg::Done(Box::new(Completion::Access { key, result })));
         });
     }
 
