@@ -201,11 +201,7 @@ pub async fn handle(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
             tracing::Span::none()
         };
         let r = serve(req, remote, &shared, method.clone()).instrument(span).await;
-        shared
-            .metrics
-            .client_request_duration
-            .get_or_create(&crate::metrics::MethodLabel { method: label })
-            .observe(started.elapsed().as_secs_f64());
+        shared.metrics.observe_request(label, started.elapsed().as_secs_f64());
         r
     };
     cors(&shared, resp.headers_mut(), origin.as_ref(), allowed);

@@ -11,6 +11,7 @@
 //! - `conn`: one client connection's state machine.
 //! - `server`: listener, WebSocket upgrade, the connection task loop.
 //! - `http_api`: the REST mapping.
+//! - `ws`: WebSocket framing of upgraded connections.
 
 pub mod config;
 
@@ -21,6 +22,7 @@ mod http_api;
 mod metrics;
 mod nats;
 mod server;
+mod ws;
 
 pub use config::{ApiEncoding, Config, ConfigError};
 
