@@ -1,12 +1,9 @@
-//! Reproducers for a resgate-rs ordering bug, ignored until the gateway is fixed:
-//! `cargo test -p identity-auth --test gateway_ordering -- --ignored`.
-//!
-//! A service publishes `conn.<cid>.token` before replying to the auth request (RES protocol:
-//! "Services must publish it before replying"), and NATS delivers the two in that order. Resgate
-//! applies the token before it handles the reply. resgate-rs routes token events (its `conn.>`
-//! subscription task) and replies (the request's inbox) through different tasks, so the reply can
-//! win: an HTTP API request made with a valid `Authorization: Bearer` runs without a token (401),
-//! and a WebSocket call sent after the login reply can still see the previous token.
+//! Token ordering through the real gateway: a service publishes `conn.<cid>.token` before replying
+//! to the auth request (RES protocol: "Services must publish it before replying"), and NATS
+//! delivers the two in that order, on different subscriptions. Resgate applies the token before
+//! it handles the reply; so must resgate-rs, or an HTTP API request made with a valid
+//! `Authorization: Bearer` runs without a token (401), and a WebSocket call sent after the login
+//! reply sees the previous token. Repeated, since the race is narrow.
 
 mod common;
 
@@ -14,7 +11,6 @@ use common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "resgate-rs applies the headerAuth token after the reply races it (see file docs)"]
 async fn http_header_auth_token_applies_to_every_request() {
     let issuer = Issuer::start().await;
     let env = Env::start(settings(&issuer.url)).await;
@@ -33,7 +29,6 @@ async fn http_header_auth_token_applies_to_every_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "resgate-rs may apply the login token after forwarding the login reply (see file docs)"]
 async fn websocket_login_token_applies_before_the_reply() {
     let issuer = Issuer::start().await;
     let env = Env::start(settings(&issuer.url)).await;

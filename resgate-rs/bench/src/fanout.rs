@@ -170,10 +170,14 @@ impl StepResult {
 
 async fn receive(mut ws: Ws, idx: usize, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut last_seq = 0u64;
+    // One registration with the stop signal for the client's lifetime: a new `changed()` per
+    // frame registered and deregistered under the signal's lock every time.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     let Some(s) = frames::parse_change_stamp(t.as_bytes()) else { continue };

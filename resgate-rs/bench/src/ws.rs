@@ -16,8 +16,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
-/// Client read buffer (bigger frames still arrive whole, in several reads).
-const READ_BUFFER: usize = 4096;
+/// Client read buffer (bigger frames still arrive whole, in several reads). tungstenite
+/// zero-fills it before every read, so it is kept near the size of a read's worth of frames.
+const READ_BUFFER: usize = 1024;
 
 /// Where the gateway is, and how clients reach it.
 #[derive(Debug, Clone)]
@@ -53,7 +54,7 @@ pub async fn connect(target: &Target, i: usize) -> Result<Ws> {
     let stream = sock.connect(target.addr).await.with_context(|| format!("connect {}", target.addr))?;
     stream.set_nodelay(true)?;
     // tungstenite zero-fills its read buffer before every read: the 128 KiB default made that
-    // memset most of the tool's CPU. RES frames of these scenarios are well under 4 KiB.
+    // memset most of the tool's CPU. RES frames of these scenarios are well under 1 KiB.
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let (ws, _) = tokio_tungstenite::client_async_with_config(target.ws_url(), stream, Some(config))
         .await

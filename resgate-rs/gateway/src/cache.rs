@@ -17,9 +17,8 @@
 use crate::conn::{ConnId, ConnTx};
 use crate::diff;
 use crate::metrics::Metrics;
-use crate::nats::Nats;
+use crate::nats::{Nats, Route, Subscription};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use res_protocol::json::{write_str, write_u64};
 use res_protocol::pattern::ResourcePattern;
@@ -229,12 +228,10 @@ impl Entry {
     /// Applies an event under the lock and queues it to every subscriber. Returns the number of
     /// deliveries.
     fn apply(&self, event_name: &str, payload: &[u8], metrics: &Metrics) -> usize {
-        if !self.is_ready() {
-            // Resgate discards events that arrive before the get response.
-            return 0;
-        }
         let mut st = self.state.lock();
-        if st.deleted {
+        // Resgate discards events that arrive before the get response: the response already
+        // reflects them. The response is stored in wire order with the events (`Cache::fetch`).
+        if st.deleted || st.data.is_none() {
             return 0;
         }
         let kind = match decode_event(event_name, payload, st.data.as_ref()) {
@@ -407,7 +404,9 @@ pub struct Graph {
 
 struct NameSub {
     keys: HashSet<Arc<str>>,
-    ready: Arc<OnceCell<Result<(), ResError>>>,
+    /// The event subscription's route, for requests whose replies must keep their place among
+    /// the events.
+    ready: Arc<OnceCell<Result<Route, ResError>>>,
     task: Option<tokio::task::AbortHandle>,
 }
 
@@ -479,10 +478,20 @@ impl Cache {
 
     async fn fetch(&self, entry: &Arc<Entry>) -> Result<(), ResError> {
         let (name, query) = split_query(&entry.key);
-        self.ensure_event_subscription(name, &entry.key).await?;
-        let payload = self.0.nats.request("get", &format!("get.{name}"), service::get_request(query)).await?;
-        let result = service::decode_get(&payload)?;
-        let normalized = query.and(result.query);
+        let route = self.ensure_event_subscription(name, &entry.key).await?;
+        // The reply is stored by the event task, between the events NATS delivered before it
+        // (discarded) and those after (applied).
+        let target = entry.clone();
+        let has_query = query.is_some();
+        let store = move |reply: Result<Bytes, ResError>| {
+            let result = service::decode_get(&reply?)?;
+            let mut st = target.state.lock();
+            st.query = if has_query { result.query } else { None };
+            st.data = Some(result.data);
+            Ok(())
+        };
+        self.0.nats.request_via("get", &format!("get.{name}"), service::get_request(query), &route, store).await?;
+        let normalized = entry.state.lock().query.clone();
         if let Some(q) = &normalized {
             // Queries that normalise alike share one entry, as in Resgate. The canonical key starts
             // with NUL, which no resource ID can, so a client asking for the normalised query
@@ -508,10 +517,6 @@ impl Cache {
                 }
             }
         }
-        let mut st = entry.state.lock();
-        st.data = Some(result.data);
-        st.query = normalized;
-        drop(st);
         self.schedule_eviction(entry.key.clone());
         Ok(())
     }
@@ -534,7 +539,7 @@ impl Cache {
         }
     }
 
-    async fn ensure_event_subscription(&self, name: &str, key: &Arc<str>) -> Result<(), ResError> {
+    async fn ensure_event_subscription(&self, name: &str, key: &Arc<str>) -> Result<Route, ResError> {
         let ready = {
             let mut names = self.0.names.lock();
             let sub = names.entry(name.to_owned()).or_insert_with(|| NameSub {
@@ -550,16 +555,16 @@ impl Cache {
                 let sub = self
                     .0
                     .nats
-                    .subscribe(format!("event.{name}.*"))
-                    .await
+                    .subscribe(&format!("event.{name}.*"))
                     .map_err(|e| ResError::internal(format!("subscribing to events: {e}")))?;
+                let route = sub.route();
                 let task = tokio::spawn(name_events(Arc::downgrade(&self.0), name.to_owned(), sub));
                 if let Some(ns) = self.0.names.lock().get_mut(name) {
                     ns.task = Some(task.abort_handle());
                 } else {
                     task.abort();
                 }
-                Ok(())
+                Ok(route)
             })
             .await
             .clone()
@@ -693,9 +698,9 @@ impl Cache {
 }
 
 /// Receives a resource name's events and applies them, in order.
-async fn name_events(cache: std::sync::Weak<Inner>, name: String, mut sub: async_nats::Subscriber) {
+async fn name_events(cache: std::sync::Weak<Inner>, name: String, mut sub: Subscription) {
     let prefix_len = "event.".len() + name.len() + 1;
-    while let Some(msg) = sub.next().await {
+    while let Some(msg) = sub.next_message().await {
         let Some(inner) = cache.upgrade() else { return };
         let cache = Cache(inner);
         let Some(event) = msg.subject.get(prefix_len..) else { continue };

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::Instrument;
 
 pub type ConnId = u64;
 
@@ -39,19 +40,27 @@ pub type ConnId = u64;
 const MAX_DIRECT_SUBSCRIPTIONS: u32 = 256;
 
 /// What reaches a connection task from the rest of the gateway.
+///
+/// Kept to two words: a connection's inbox allocates its slots in blocks of 32 from the start,
+/// so every idle connection holds 32 of these. Larger payloads are boxed.
 pub enum ConnMsg {
     Event(Arc<ResourceEvent>),
-    Done(Completion),
-    Token(TokenEvent),
+    Done(Box<Completion>),
+    Token(Box<TokenEvent>),
     TokenReset(Arc<SystemTokenReset>),
     AccessReset(Arc<Vec<ResourcePattern>>),
     /// Marks a point in the message order (see `Shared::collect_token`).
     Fence,
     /// Missing resources finished loading for the blocked operation.
-    Unblock {
-        pins: Vec<Arc<Entry>>,
-        errors: HashMap<Arc<str>, ResError>,
-    },
+    Unblock(Box<Loaded>),
+}
+
+const _: () = assert!(std::mem::size_of::<ConnMsg>() <= 16, "ConnMsg grew: box the new variant's payload");
+
+/// Resources loaded for a blocked operation: the entries, and the errors of those that failed.
+pub struct Loaded {
+    pins: Vec<Arc<Entry>>,
+    errors: HashMap<Arc<str>, ResError>,
 }
 
 /// State shared between a connection task and those who queue to it.
@@ -251,11 +260,7 @@ impl Conn {
     }
 
     fn observe(&self, label: &'static str, started: Instant) {
-        self.shared
-            .metrics
-            .client_request_duration
-            .get_or_create(&crate::metrics::MethodLabel { method: label })
-            .observe(started.elapsed().as_secs_f64());
+        self.shared.metrics.observe_request(label, started.elapsed().as_secs_f64());
     }
 
     // === Requests ===
@@ -284,13 +289,17 @@ impl Conn {
             Err(e) => return self.reply_error(id, &e),
         };
         if method != Method::Version {
-            self.shared
-                .metrics
-                .ws_requests
-                .get_or_create(&crate::metrics::MethodLabel { method: method.label() })
-                .inc();
+            self.shared.metrics.count_ws_request(method.label());
         }
         tracing::trace!(cid = %self.cid, id, method = req.method(), "request");
+        // Each request is a trace of its own (a connection lives for hours); the tasks it spawns
+        // for NATS calls run in it, so the services' spans join it through the message headers.
+        let span = if res_telemetry::traces_exported() {
+            tracing::info_span!(parent: None, "ws.request", cid = %self.cid, id, method = req.method())
+        } else {
+            tracing::Span::none()
+        };
+        let _in_request = span.enter();
         match method {
             Method::Version => self.version_request(id, req.params),
             Method::Subscribe(rid) => self.resource_request(id, rid, Mode::Subscribe, started),
@@ -339,6 +348,24 @@ impl Conn {
             return self.reply_error(id, &ResError::subscription_limit_exceeded());
         }
         let cached = self.subs.get(&key).and_then(|s| s.access.clone());
+        if mode == Mode::Get && self.blocked.is_none() && cached.as_ref().is_some_and(|a| a.get) {
+            // A get of a resource this connection already holds, with read access cached: the
+            // answer comes from the connection's own state (the resources it has not sent yet),
+            // so it is written here, without a request task and a round trip through the inbox.
+            let errors = HashMap::new();
+            let p = Pending::Reply {
+                id,
+                mode,
+                client_rid: Arc::from(rid),
+                key,
+                access: None,
+                errors,
+                pins: Vec::new(),
+                started,
+                label: "get",
+            };
+            return self.run_pending(p);
+        }
         let access_payload = cached.is_none().then(|| self.access_payload(&key));
         self.spawn_resource(id, mode, Arc::from(rid), key, access_payload, cached, started, mode_label(mode));
     }
@@ -362,16 +389,28 @@ impl Conn {
     ) {
         let shared = self.shared.clone();
         let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let access = async {
-                match access_payload {
-                    Some(p) => Some(shared.access(&key, p).await),
-                    None => cached.map(Ok),
-                }
-            };
-            let (access, graph) = tokio::join!(access, shared.cache.load_graph(&key));
-            tx.send(ConnMsg::Done(Completion::Resource { id, mode, client_rid, key, access, graph, started, label }));
-        });
+        tokio::spawn(
+            async move {
+                let access = async {
+                    match access_payload {
+                        Some(p) => Some(shared.access(&key, p).await),
+                        None => cached.map(Ok),
+                    }
+                };
+                let (access, graph) = tokio::join!(access, shared.cache.load_graph(&key));
+                tx.send(ConnMsg::Done(Box::new(Completion::Resource {
+                    id,
+                    mode,
+                    client_rid,
+                    key,
+                    access,
+                    graph,
+                    started,
+                    label,
+                })));
+            }
+            .in_current_span(),
+        );
     }
 
     fn unsubscribe(&mut self, id: u64, rid: &str, params: Option<&RawValue>, started: Instant) {
@@ -407,25 +446,36 @@ impl Conn {
         let shared = self.shared.clone();
         let tx = self.tx.clone();
         let method = method.to_owned();
-        tokio::spawn(async move {
-            let access = match access_payload {
-                Some(p) => Some(shared.access(&key, p).await),
-                None => cached.map(Ok),
-            };
-            let allowed = match &access {
-                Some(Ok(a)) if a.can_call(&method) => Ok(()),
-                Some(Err(e)) => Err(e.clone()),
-                _ => Err(ResError::access_denied()),
-            };
-            let result = match allowed {
-                Ok(()) => shared.call(&subject, payload).await,
-                Err(e) => Err(e),
-            };
-            shared.after_conn_events(
-                &tx,
-                ConnMsg::Done(Completion::Call { id, key, access, result, is_new, started, label: "call" }),
-            );
-        });
+        tokio::spawn(
+            async move {
+                let access = match access_payload {
+                    Some(p) => Some(shared.access(&key, p).await),
+                    None => cached.map(Ok),
+                };
+                let allowed = match &access {
+                    Some(Ok(a)) if a.can_call(&method) => Ok(()),
+                    Some(Err(e)) => Err(e.clone()),
+                    _ => Err(ResError::access_denied()),
+                };
+                let result = match allowed {
+                    Ok(()) => shared.call(&subject, payload).await,
+                    Err(e) => Err(e),
+                };
+                shared.after_conn_events(
+                    &tx,
+                    ConnMsg::Done(Box::new(Completion::Call {
+                        id,
+                        key,
+                        access,
+                        result,
+                        is_new,
+                        started,
+                        label: "call",
+                    })),
+                );
+            }
+            .in_current_span(),
+        );
     }
 
     fn auth(&mut self, id: u64, rid: &str, method: &str, params: Option<&RawValue>, started: Instant) {
@@ -438,18 +488,25 @@ impl Conn {
         let payload = self.request_fields(query, params).encode_with(Some(&self.http));
         let shared = self.shared.clone();
         let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let result = shared.call(&subject, payload).await;
-            tx.send(ConnMsg::Done(Completion::Call {
-                id,
-                key,
-                access: None,
-                result,
-                is_new: false,
-                started,
-                label: "auth",
-            }));
-        });
+        tokio::spawn(
+            async move {
+                let result = shared.call(&subject, payload).await;
+                // Behind any token event the service sent before replying (see `after_conn_events`).
+                shared.after_conn_events(
+                    &tx,
+                    ConnMsg::Done(Box::new(Completion::Call {
+                        id,
+                        key,
+                        access: None,
+                        result,
+                        is_new: false,
+                        started,
+                        label: "auth",
+                    })),
+                );
+            }
+            .in_current_span(),
+        );
     }
 
     // === Inbox ===
@@ -461,7 +518,8 @@ impl Conn {
         }
         if self.blocked.is_some() {
             match msg {
-                ConnMsg::Unblock { pins, errors } => {
+                ConnMsg::Unblock(loaded) => {
+                    let Loaded { pins, errors } = *loaded;
                     let mut p = self.blocked.take().expect("blocked");
                     let (e, pn) = p.parts();
                     e.extend(errors);
@@ -484,8 +542,8 @@ impl Conn {
     fn dispatch(&mut self, msg: ConnMsg) {
         match msg {
             ConnMsg::Event(ev) => self.event(ev),
-            ConnMsg::Done(c) => self.completion(c),
-            ConnMsg::Token(t) => self.token_event(t),
+            ConnMsg::Done(c) => self.completion(*c),
+            ConnMsg::Token(t) => self.token_event(*t),
             ConnMsg::TokenReset(r) => self.token_reset(&r),
             ConnMsg::AccessReset(patterns) => {
                 let keys: Vec<Arc<str>> = self
@@ -498,7 +556,7 @@ impl Conn {
                     self.reaccess(&k);
                 }
             }
-            ConnMsg::Unblock { .. } | ConnMsg::Fence => {}
+            ConnMsg::Unblock(_) | ConnMsg::Fence => {}
         }
     }
 
@@ -664,7 +722,7 @@ impl Conn {
                     }
                 }
             }
-            tx.send(ConnMsg::Unblock { pins, errors });
+            tx.send(ConnMsg::Unblock(Box::new(Loaded { pins, errors })));
         });
     }
 
@@ -786,21 +844,25 @@ impl Conn {
                 }
                 let mut res = Vec::with_capacity(256);
                 res.push(b'{');
-                if mode == Mode::CallResource {
+                let wrote = if mode == Mode::CallResource {
                     res.extend_from_slice(b"\"rid\":");
                     write_str(&mut res, &client_rid);
                     let mut set = Vec::new();
-                    if self.write_resource_set(&mut set, std::slice::from_ref(&key), &errors) {
+                    let wrote = self.write_resource_set(&mut set, std::slice::from_ref(&key), &errors);
+                    if wrote {
                         res.push(b',');
                         res.extend_from_slice(&set);
                     }
+                    wrote
                 } else {
-                    self.write_resource_set(&mut res, std::slice::from_ref(&key), &errors);
-                }
+                    self.write_resource_set(&mut res, std::slice::from_ref(&key), &errors)
+                };
                 res.push(b'}');
                 self.observe(label, started);
                 self.push(client::result_frame(id, &res));
-                if mode == Mode::Get {
+                // Resources a get attached are written in its reply; with none written, the get
+                // attached nothing, and there is nothing for a sweep to drop.
+                if mode == Mode::Get && wrote {
                     self.collect_garbage();
                 }
             }
@@ -897,7 +959,7 @@ impl Conn {
         let key = key.clone();
         tokio::spawn(async move {
             let result = shared.access(&key, payload).await;
-            tx.send(ConnMsg::Done(Completion::Access { key, result }));
+            tx.send(ConnMsg::Done(Box::new(Completion::Access { key, result })));
         });
     }
 

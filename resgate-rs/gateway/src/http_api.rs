@@ -17,6 +17,7 @@ use res_protocol::{ResError, code};
 use serde_json::value::RawValue;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Characters Go's `url.PathEscape` leaves alone, which Resgate uses to build hrefs.
 const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -194,12 +195,13 @@ pub async fn handle(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
             shared.metrics.http_requests.get_or_create(&crate::metrics::MethodLabel { method: label }).inc();
         }
         let started = std::time::Instant::now();
-        let r = serve(req, remote, &shared, method.clone()).await;
-        shared
-            .metrics
-            .client_request_duration
-            .get_or_create(&crate::metrics::MethodLabel { method: label })
-            .observe(started.elapsed().as_secs_f64());
+        let span = if res_telemetry::traces_exported() {
+            tracing::info_span!(parent: None, "http.request", method = label, path = %req.uri().path())
+        } else {
+            tracing::Span::none()
+        };
+        let r = serve(req, remote, &shared, method.clone()).instrument(span).await;
+        shared.metrics.observe_request(label, started.elapsed().as_secs_f64());
         r
     };
     cors(&shared, resp.headers_mut(), origin.as_ref(), allowed);

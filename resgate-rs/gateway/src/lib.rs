@@ -11,6 +11,7 @@
 //! - `conn`: one client connection's state machine.
 //! - `server`: listener, WebSocket upgrade, the connection task loop.
 //! - `http_api`: the REST mapping.
+//! - `ws`: WebSocket framing of upgraded connections.
 
 pub mod config;
 
@@ -21,6 +22,7 @@ mod http_api;
 mod metrics;
 mod nats;
 mod server;
+mod ws;
 
 pub use config::{ApiEncoding, Config, ConfigError};
 
@@ -29,7 +31,6 @@ use crate::conn::ConnMsg;
 use crate::metrics::Metrics;
 use crate::nats::{ConnectionEvent, Nats, NatsSettings};
 use crate::server::Shared;
-use futures_util::StreamExt;
 use res_protocol::pattern::ResourcePattern;
 use res_protocol::service::{SystemReset, SystemTokenReset};
 use std::net::SocketAddr;
@@ -117,9 +118,9 @@ impl Gateway {
             Arc::new(Shared::new(config.clone(), cache, nats.clone(), metrics.clone(), shutdown_rx.clone(), router_tx));
 
         let mut tasks = Vec::new();
-        let system = nats.subscribe("system.>".into()).await?;
+        let system = nats.subscribe("system.>")?;
         tasks.push(tokio::spawn(system_events(shared.clone(), system)));
-        let conns = nats.subscribe("conn.>".into()).await?;
+        let conns = nats.subscribe("conn.>")?;
         tasks.push(tokio::spawn(conn_events_task(shared.clone(), conns, router_rx)));
         tasks.push(tokio::spawn(resync_on_reconnect(shared.clone(), conn_events.subscribe())));
         tasks.push(tokio::spawn(update_gauges(shared.clone())));
@@ -154,7 +155,7 @@ impl Gateway {
         for t in &self.tasks {
             t.abort();
         }
-        let _ = self.shared.nats.client().flush().await;
+        self.shared.nats.flush().await;
         tracing::info!("resgate-rs stopped");
     }
 }
@@ -198,9 +199,9 @@ fn patterns(list: &[String]) -> Vec<ResourcePattern> {
 }
 
 /// `system.reset` and `system.tokenReset`.
-async fn system_events(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
-    while let Some(msg) = sub.next().await {
-        match msg.subject.as_str() {
+async fn system_events(shared: Arc<Shared>, mut sub: nats::Subscription) {
+    while let Some(msg) = sub.next_message().await {
+        match &*msg.subject {
             "system.reset" => {
                 let reset: SystemReset = if msg.payload.is_empty() {
                     SystemReset::default()
@@ -238,14 +239,14 @@ async fn system_events(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
 /// Routes `conn.<cid>.*` events, and messages that must reach a connection after them.
 async fn conn_events_task(
     shared: Arc<Shared>,
-    mut sub: async_nats::Subscriber,
+    mut sub: nats::Subscription,
     mut after: tokio::sync::mpsc::UnboundedReceiver<(conn::ConnTx, ConnMsg)>,
 ) {
     loop {
         tokio::select! {
             // NATS first: whatever it delivered before a queued message goes out before it.
             biased;
-            msg = sub.next() => match msg {
+            msg = sub.next_message() => match msg {
                 Some(msg) => server::conn_event(&shared, &msg.subject, &msg.payload),
                 None => return,
             },

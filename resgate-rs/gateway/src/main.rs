@@ -4,6 +4,10 @@ use clap::Parser;
 use resgate::{Gateway, config::Cli};
 use std::process::ExitCode;
 
+// Measured with resbench against glibc malloc (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

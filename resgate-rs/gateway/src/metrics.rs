@@ -40,11 +40,18 @@ pub struct Metrics {
     pub nats_slow_consumer: Counter,
     pub nats_reconnects: Counter,
     pub nats_connected: Gauge,
+    /// The series of the client request methods, resolved once: a family lookup hashes the
+    /// label set and takes a lock, on every request.
+    ws_request_series: Vec<(&'static str, Counter)>,
+    duration_series: Vec<(&'static str, Histogram)>,
 }
+
+/// Methods counted by `ws_requests` and timed by `client_request_duration`.
+const WS_METHODS: [&str; 5] = ["subscribe", "unsubscribe", "get", "call", "auth"];
 
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
-        let m = Metrics {
+        let mut m = Metrics {
             ws_current_connections: Gauge::default(),
             ws_connections: Counter::default(),
             ws_requests: Family::default(),
@@ -59,7 +66,13 @@ impl Metrics {
             nats_slow_consumer: Counter::default(),
             nats_reconnects: Counter::default(),
             nats_connected: Gauge::default(),
+            ws_request_series: Vec::new(),
+            duration_series: Vec::new(),
         };
+        for method in WS_METHODS {
+            m.ws_request_series.push((method, m.ws_requests.get_or_create(&MethodLabel { method }).clone()));
+            m.duration_series.push((method, m.client_request_duration.get_or_create(&MethodLabel { method }).clone()));
+        }
         registry.register(
             "resgate",
             "resgate-rs version and RES protocol version",
@@ -111,5 +124,27 @@ impl Metrics {
         registry.register("resgate_nats_reconnects", "NATS reconnections", m.nats_reconnects.clone());
         registry.register("resgate_nats_connected", "1 while connected to NATS", m.nats_connected.clone());
         m
+    }
+}
+
+impl Metrics {
+    /// Counts a WebSocket client request.
+    pub fn count_ws_request(&self, method: &'static str) {
+        match self.ws_request_series.iter().find(|(m, _)| *m == method) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.ws_requests.get_or_create(&MethodLabel { method }).inc();
+            }
+        }
+    }
+
+    /// Records a client request's duration.
+    pub fn observe_request(&self, method: &'static str, seconds: f64) {
+        match self.duration_series.iter().find(|(m, _)| *m == method) {
+            Some((_, h)) => h.observe(seconds),
+            None => self.client_request_duration.get_or_create(&MethodLabel { method }).observe(seconds),
+        }
     }
 }

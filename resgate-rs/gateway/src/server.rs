@@ -6,8 +6,8 @@ use crate::conn::{Conn, ConnMsg, ConnTx};
 use crate::http_api;
 use crate::metrics::Metrics;
 use crate::nats::Nats;
+use crate::ws::{self, WsStream};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -23,10 +23,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::Instrument;
 
 pub type Body = Full<Bytes>;
@@ -90,7 +86,7 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, rx.recv()).await {
             match msg {
-                ConnMsg::Token(t) => token = Some(t),
+                ConnMsg::Token(t) => token = Some(*t),
                 ConnMsg::Fence => break,
                 _ => {}
             }
@@ -324,14 +320,23 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                let mut cfg = WebSocketConfig::default();
-                cfg.max_message_size = Some(shared.config.max_inbound_frame);
-                cfg.max_frame_size = Some(shared.config.max_inbound_frame);
-                cfg.read_buffer_size = 4096;
-                cfg.write_buffer_size = 0;
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
                 let span = tracing::debug_span!("conn", %cid, remote = %http.remote_addr);
-                run_connection(ws, shared, cid, tx, rx, http, initial_token).instrument(span).await;
+                let max = shared.config.max_inbound_frame;
+                // Plain TCP (the usual case) is taken back out of hyper's boxed I/O, so reads and
+                // writes go straight to the socket.
+                match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                    Ok(parts) => {
+                        let ws = WsStream::new(parts.io.into_inner(), max, &parts.read_buf);
+                        // `read_buf` shares hyper's whole HTTP read buffer (8 KiB), even when
+                        // empty: dropped now, not when the connection ends.
+                        drop(parts.read_buf);
+                        run_connection(ws, shared, cid, tx, rx, http, initial_token).instrument(span).await;
+                    }
+                    Err(upgraded) => {
+                        let ws = WsStream::new(TokioIo::new(upgraded), max, &[]);
+                        run_connection(ws, shared, cid, tx, rx, http, initial_token).instrument(span).await;
+                    }
+                }
             }
             Err(e) => {
                 shared.conns.lock().remove(&cid);
@@ -344,7 +349,7 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
 
 /// The connection task: reads requests, drains the inbox, writes frames, keeps the socket alive.
 async fn run_connection<S>(
-    ws: WebSocketStream<S>,
+    mut ws: WsStream<S>,
     shared: Arc<Shared>,
     cid: Arc<str>,
     tx: ConnTx,
@@ -362,28 +367,34 @@ async fn run_connection<S>(
     if let Some(t) = initial_token {
         conn.set_initial_token(t);
     }
-    let (mut sink, mut stream) = ws.split();
     let cfg = &shared.config;
     let idle = Duration::from_millis(cfg.idle_timeout.max(1));
     let ping_every = Duration::from_millis(if cfg.ping_interval == 0 { 3_600_000 } else { cfg.ping_interval });
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_seen = Instant::now();
     let mut ping_due = false;
-    let mut shutdown = shared.shutdown.clone();
+    // Control frames to answer (pongs), written with the next batch.
+    let mut control: Vec<u8> = Vec::new();
+    let mut shutdown_rx = shared.shutdown.clone();
+    // Made once, not per loop turn: each new one would register with (and leave) its notifier
+    // under a lock.
+    let killed = tx.killed();
+    let shutdown = shutdown_rx.changed();
+    tokio::pin!(killed, shutdown);
     // Tokens set before the connection existed (wsHeaderAuth) are already in the inbox.
-    let close: Option<CloseFrame> = loop {
+    let close: Option<(u16, &str)> = 'conn: loop {
         tokio::select! {
             biased;
-            _ = tx.killed() => {
+            _ = &mut killed => {
                 shared.metrics.slow_client_disconnects.inc();
                 tracing::warn!(%cid, limit = cfg.max_outbound_bytes, "slow client disconnected: outbound queue exceeded");
-                break Some(close_frame(CloseCode::Again, "slow client: outbound queue exceeded"));
+                break Some((ws::CLOSE_AGAIN, "slow client: outbound queue exceeded"));
             }
-            _ = shutdown.changed() => break Some(close_frame(CloseCode::Away, "server shutting down")),
+            _ = &mut shutdown => break Some((ws::CLOSE_AWAY, "server shutting down")),
             msg = rx.recv() => {
                 let Some(msg) = msg else { break None };
                 conn.handle_msg(msg);
-                // Drain what is already queued so the writes below batch into one flush.
+                // Drain what is already queued so the writes below batch into one write.
                 for _ in 0..256 {
                     match rx.try_recv() {
                         Ok(m) => conn.handle_msg(m),
@@ -391,22 +402,46 @@ async fn run_connection<S>(
                     }
                 }
             }
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(t))) => {
+            read = ws.read() => match read {
+                Ok(0) => break None,
+                Ok(_) => {
                     last_seen = Instant::now();
-                    conn.handle_frame(t.as_bytes());
+                    // Every complete request of this read is handled before the replies are
+                    // written, so they go out together.
+                    let mut closing = None;
+                    let parsed = ws.decoder.parse(|m| match m {
+                        ws::Incoming::Text(t) if std::str::from_utf8(t).is_err() => {
+                            closing = Some((ws::CLOSE_INVALID_PAYLOAD, "text frame not UTF-8"));
+                            false
+                        }
+                        ws::Incoming::Text(b) | ws::Incoming::Binary(b) => {
+                            conn.handle_frame(b);
+                            true
+                        }
+                        ws::Incoming::Ping(p) => {
+                            ws::encode_frame(&mut control, ws::OP_PONG, p);
+                            true
+                        }
+                        ws::Incoming::Pong => true,
+                        ws::Incoming::Close(code) => {
+                            // Answered with the client's own code, as the RFC asks.
+                            closing = Some((code.unwrap_or(ws::CLOSE_NORMAL), ""));
+                            false
+                        }
+                    });
+                    if let Err(e) = parsed {
+                        if let ws::ReadError::TooBig(_) = e {
+                            tracing::info!(%cid, error = %e, "client message too large");
+                        } else {
+                            tracing::debug!(%cid, error = %e, "websocket read error");
+                        }
+                        break 'conn Some((e.close_code(), if e.close_code() == ws::CLOSE_TOO_BIG { "message too large" } else { "protocol error" }));
+                    }
+                    if closing.is_some() {
+                        break closing;
+                    }
                 }
-                Some(Ok(Message::Binary(b))) => {
-                    last_seen = Instant::now();
-                    conn.handle_frame(&b);
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => last_seen = Instant::now(),
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Err(WsError::Capacity(e))) => {
-                    tracing::info!(%cid, error = %e, "client message too large");
-                    break Some(close_frame(CloseCode::Size, "message too large"));
-                }
-                Some(Err(e)) => {
+                Err(e) => {
                     tracing::debug!(%cid, error = %e, "websocket read error");
                     break None;
                 }
@@ -414,26 +449,26 @@ async fn run_connection<S>(
             _ = ping.tick() => {
                 if last_seen.elapsed() > idle {
                     tracing::info!(%cid, "idle timeout");
-                    break Some(close_frame(CloseCode::Away, "idle timeout"));
+                    break Some((ws::CLOSE_AWAY, "idle timeout"));
                 }
                 ping_due = cfg.ping_interval > 0;
             }
         }
-        if !conn.out.is_empty() || ping_due {
-            let frames = std::mem::take(&mut conn.out);
-            let ping = std::mem::take(&mut ping_due);
-            let write = async {
-                for f in frames {
-                    sink.feed(Message::Text(f)).await?;
-                }
-                if ping {
-                    sink.feed(Message::Ping(Bytes::new())).await?;
-                }
-                sink.flush().await
-            };
+        if !conn.out.is_empty() || ping_due || !control.is_empty() {
+            // Every frame due goes out in one buffer and one write; the buffer is freed after,
+            // so an idle connection holds none.
+            let len: usize = conn.out.iter().map(|f| f.len() + 10).sum::<usize>() + control.len() + 2;
+            let mut batch = Vec::with_capacity(len);
+            batch.append(&mut control);
+            for f in conn.out.drain(..) {
+                ws::encode_frame(&mut batch, ws::OP_TEXT, f.as_bytes());
+            }
+            if std::mem::take(&mut ping_due) {
+                ws::encode_frame(&mut batch, ws::OP_PING, &[]);
+            }
             let result = tokio::select! {
-                r = write => r,
-                _ = tx.killed() => {
+                r = ws.write(&batch) => r,
+                _ = &mut killed => {
                     shared.metrics.slow_client_disconnects.inc();
                     tracing::warn!(%cid, "slow client disconnected while writing");
                     break None;
@@ -445,17 +480,15 @@ async fn run_connection<S>(
             }
         }
     };
-    if let Some(frame) = close {
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+    if let Some((code, reason)) = close {
+        let mut frame = Vec::new();
+        ws::encode_frame(&mut frame, ws::OP_CLOSE, &ws::close_payload(code, reason));
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.write(&frame)).await;
     }
     shared.conns.lock().remove(&cid);
     conn.dispose();
     shared.metrics.ws_current_connections.dec();
     tracing::debug!("disconnected");
-}
-
-fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
-    CloseFrame { code, reason: reason.into() }
 }
 
 /// Routes `conn.<cid>.<event>` messages to the connection.
@@ -468,7 +501,7 @@ pub fn conn_event(shared: &Shared, subject: &str, payload: &[u8]) {
     let Some(tx) = shared.conns.lock().get(cid).cloned() else { return };
     match serde_json::from_slice::<TokenEvent>(payload) {
         Ok(ev) => {
-            tx.send(ConnMsg::Token(ev));
+            tx.send(ConnMsg::Token(Box::new(ev)));
         }
         Err(e) => tracing::warn!(cid, error = %e, "malformed token event"),
     }

@@ -152,3 +152,35 @@ async fn closing_the_connection_releases_subscriptions() {
     env.service.serve_model("test.model", json!({"a": 3})).await;
     c2.response(id).await.assert_result(json!({"models": {"test.model": {"a": 3}}}));
 }
+
+/// a → b → c → a: a cycle of three lives while a direct subscription reaches it. Cutting b → c
+/// leaves c reachable through nothing but the cycle, so c (and its events) go; unsubscribing a
+/// then drops the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cycle_is_collected_when_unreachable() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    let id = c.send("subscribe.test.a", json!(null)).await;
+    env.service.serve_model("test.a", json!({"next": {"rid": "test.b"}})).await;
+    env.service.expect("get.test.b").await.respond_model(json!({"next": {"rid": "test.c"}})).await;
+    env.service.expect("get.test.c").await.respond_model(json!({"next": {"rid": "test.a"}})).await;
+    let set = c.response(id).await.result();
+    assert_eq!(set["models"].as_object().unwrap().len(), 3, "{set}");
+    for rid in ["test.a", "test.b", "test.c"] {
+        env.service.publish_event(rid, "custom", json!(rid)).await;
+        assert_eq!(c.next_event().await["event"], json!(format!("{rid}.custom")));
+    }
+    env.service.publish_event("test.b", "change", json!({"values": {"next": null}})).await;
+    assert_eq!(c.next_event().await["event"], json!("test.b.change"));
+    env.service.publish_event("test.c", "custom", json!(1)).await;
+    c.assert_no_message(QUIET).await;
+    c.request("unsubscribe.test.a", json!(null)).await.result_or_error();
+    for rid in ["test.a", "test.b"] {
+        env.service.publish_event(rid, "custom", json!(1)).await;
+    }
+    c.assert_no_message(QUIET).await;
+    // Nothing is left subscribed: unsubscribing any of them again is an error.
+    for rid in ["test.a", "test.b", "test.c"] {
+        c.request(&format!("unsubscribe.{rid}"), json!(null)).await.assert_error("system.noSubscription");
+    }
+}

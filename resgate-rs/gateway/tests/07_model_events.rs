@@ -61,9 +61,6 @@ async fn change_is_applied_to_the_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: event and get reply arrive on different NATS subscriptions, so an event published \
-            before the reply is sometimes applied after it (fails ~2 in 10); fix planned: route the get reply \
-            through the resource's event subscription"]
 async fn events_before_the_get_response_are_discarded() {
     let mut env = TestEnv::start().await;
     let mut c = env.client().await;

@@ -80,3 +80,33 @@ async fn events_queue_behind_a_loading_reference() {
     );
     assert_eq!(c.expect_event("test.collection.add").await, json!({"idx": 1, "value": "after"}));
 }
+
+/// The get reply splits the resource's events exactly where NATS put it: an `add` sent just
+/// before the reply is already in the collection (and dropped), one sent just after is applied.
+/// Repeated over fresh resources, since the two travel on different NATS subscriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_get_reply_splits_events_in_wire_order() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    for i in 0..100 {
+        let rid = format!("test.col{i}");
+        let id = c.send(&format!("subscribe.{rid}"), json!(null)).await;
+        env.service.expect(&format!("access.{rid}")).await.respond_access(true, None).await;
+        let get = env.service.expect(&format!("get.{rid}")).await;
+        env.service.publish_event_noflush(&rid, "add", &json!({"idx": 1, "value": "early"})).await;
+        get.respond_collection(json!(["a", "early"])).await;
+        env.service.publish_event_noflush(&rid, "add", &json!({"idx": 2, "value": "late"})).await;
+        env.service.flush().await;
+        // The late add lands in the response or comes as an event, depending on when the client
+        // registered; either way the client ends with each item once.
+        let result = c.response(id).await.result();
+        let mut items: Vec<Value> = result["collections"][&rid].as_array().expect("collection").clone();
+        if items.len() == 2 {
+            let ev = c.next_event().await;
+            assert_eq!(ev["event"], json!(format!("{rid}.add")), "iteration {i}: {ev}");
+            items.insert(ev["data"]["idx"].as_u64().unwrap() as usize, ev["data"]["value"].clone());
+        }
+        assert_eq!(items, vec![json!("a"), json!("early"), json!("late")], "iteration {i}");
+        c.assert_no_message(std::time::Duration::ZERO).await;
+    }
+}

@@ -148,3 +148,26 @@ async fn unknown_conn_events_are_ignored() {
     c.assert_no_message(QUIET).await;
     c.request("version", json!(null)).await.result();
 }
+
+/// The token event and the auth reply arrive on different NATS subscriptions; the reply must not
+/// overtake the token, or the client's next request runs with the previous one. Repeated, since
+/// the race is narrow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_sent_before_the_auth_reply_applies_to_the_next_request() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    for n in 0..1000 {
+        let token = json!({ "n": n });
+        let id = c.send("auth.test.auth.login", json!(null)).await;
+        let req = env.service.expect("auth.test.auth.login").await;
+        let cid = req.cid();
+        env.service.publish_json_noflush(&format!("conn.{cid}.token"), &json!({ "token": token })).await;
+        req.respond_result(json!(null)).await;
+        c.response(id).await.result();
+        let id = c.send("call.test.model.method", json!(null)).await;
+        let a = env.service.expect("access.test.model").await;
+        assert_eq!(a.payload_json()["token"], token, "iteration {n}");
+        a.respond_access(false, None).await;
+        c.response(id).await.assert_error("system.accessDenied");
+    }
+}

@@ -16,6 +16,14 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+static TRACES_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans are exported (OTLP configured). Hot paths open per-request spans only then:
+/// without an exporter they would cost every request and show nowhere.
+pub fn traces_exported() -> bool {
+    TRACES_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Log output format, from `LOG_FORMAT` (`json`, the default, or `pretty`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -49,6 +57,17 @@ impl Drop for TelemetryGuard {
 /// Initialises logging and tracing for a binary. `default_filter` applies when `RUST_LOG` is not
 /// set (e.g. `"info"`, or `"debug"` for a `-D` flag).
 pub fn init(service_name: &str, default_filter: &str) -> anyhow::Result<TelemetryGuard> {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty());
+    init_with(service_name, default_filter, endpoint.as_deref())
+}
+
+/// [`init`] with the OTLP endpoint given (`None`: no trace export) instead of read from the
+/// environment; the other `OTEL_*` settings still come from there.
+pub fn init_with(
+    service_name: &str,
+    default_filter: &str,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt_layer = match LogFormat::from_env() {
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -60,28 +79,31 @@ pub fn init(service_name: &str, default_filter: &str) -> anyhow::Result<Telemetr
         LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
     };
 
-    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service_name)?),
-        _ => None,
-    };
-    let otel_layer =
-        provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name.to_owned())));
+    let provider = otlp_endpoint.map(|e| otlp_provider(service_name, e)).transpose()?;
+    // Spans have a filter of their own (`OTEL_TRACES_FILTER`, default info): quieter logs must
+    // not cut traces short.
+    let otel_layer = provider.as_ref().map(|p| {
+        let filter = EnvFilter::try_from_env("OTEL_TRACES_FILTER").unwrap_or_else(|_| EnvFilter::new("info"));
+        tracing_opentelemetry::layer().with_tracer(p.tracer(service_name.to_owned())).with_filter(filter)
+    });
     if provider.is_some() {
+        TRACES_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
         opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     }
 
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer)
+        .with(fmt_layer.with_filter(filter))
         .with(otel_layer)
         .try_init()
         .map_err(|e| anyhow::anyhow!("tracing already initialised: {e}"))?;
     Ok(TelemetryGuard { provider })
 }
 
-fn otlp_provider(service_name: &str) -> anyhow::Result<SdkTracerProvider> {
-    // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT and friends itself.
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+fn otlp_provider(service_name: &str, endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig;
+    // The standard variable names a base URL; the HTTP exporter wants the traces path.
+    let endpoint = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(endpoint).build()?;
     let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.to_owned());
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
     Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())

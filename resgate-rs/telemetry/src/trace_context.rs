@@ -36,6 +36,26 @@ pub fn headers_for(span: &tracing::Span) -> Option<async_nats::HeaderMap> {
     Some(headers)
 }
 
+struct NatsHeaderInjector<'a>(&'a mut res_nats::Headers);
+
+impl Injector for NatsHeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value);
+    }
+}
+
+/// [`headers_for`] for the gateway's own NATS client.
+pub fn nats_headers_for(span: &tracing::Span) -> Option<res_nats::Headers> {
+    let cx = span.context();
+    use opentelemetry::trace::TraceContextExt;
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut headers = res_nats::Headers::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut NatsHeaderInjector(&mut headers)));
+    Some(headers)
+}
+
 /// Makes `span` a child of the trace context carried in `headers`, if any.
 pub fn set_parent_from(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
     if let Some(h) = headers {

@@ -131,6 +131,7 @@ pub struct ServiceRequest {
     pub subject: String,
     pub payload: Bytes,
     pub reply: Option<String>,
+    pub headers: Option<async_nats::HeaderMap>,
     client: async_nats::Client,
 }
 
@@ -226,6 +227,7 @@ impl Service {
                     subject: m.subject.to_string(),
                     payload: m.payload,
                     reply: m.reply.map(|r| r.to_string()),
+                    headers: m.headers,
                     client: client.clone(),
                 };
                 if tx.send(req).is_err() {
@@ -344,8 +346,12 @@ impl Service {
 
     /// Publishes without flushing (for bursts); call `flush` after.
     pub async fn publish_event_noflush(&self, rid: &str, event: &str, payload: &Value) {
-        let subject = format!("event.{rid}.{event}");
-        self.client.publish(subject, serde_json::to_vec(payload).unwrap().into()).await.expect("publish");
+        self.publish_json_noflush(&format!("event.{rid}.{event}"), payload).await
+    }
+
+    /// Publishes without flushing, so the next publish follows it closely on the wire.
+    pub async fn publish_json_noflush(&self, subject: &str, payload: &Value) {
+        self.client.publish(subject.to_owned(), serde_json::to_vec(payload).unwrap().into()).await.expect("publish");
     }
 
     pub async fn flush(&self) {
