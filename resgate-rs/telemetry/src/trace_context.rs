@@ -3,12 +3,26 @@
 use opentelemetry::propagation::{Extractor, Injector};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-struct HeaderInjector<'a>(&'a mut async_nats::HeaderMap);
+/// Hands each injected header to a closure, whatever the header type.
+struct SetWith<F: FnMut(&str, String)>(F);
 
-impl Injector for HeaderInjector<'_> {
+impl<F: FnMut(&str, String)> Injector for SetWith<F> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
+        (self.0)(key, value)
     }
+}
+
+/// Injects the trace context of `span` through `set`; false (nothing set) when the span is not
+/// exported, so that the hot path sends plain messages.
+fn inject(span: &tracing::Span, set: impl FnMut(&str, String)) -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return false;
+    }
+    let mut injector = SetWith(set);
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut injector));
+    true
 }
 
 struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
@@ -23,37 +37,16 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// The trace context of `span` as NATS headers, or `None` when tracing export is off (so that the
-/// hot path sends plain messages).
+/// The trace context of `span` as async-nats headers (services), or `None` when not exported.
 pub fn headers_for(span: &tracing::Span) -> Option<async_nats::HeaderMap> {
-    let cx = span.context();
-    use opentelemetry::trace::TraceContextExt;
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
     let mut headers = async_nats::HeaderMap::new();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(&mut headers)));
-    Some(headers)
+    inject(span, |k, v| headers.insert(k, v.as_str())).then_some(headers)
 }
 
-struct NatsHeaderInjector<'a>(&'a mut res_nats::Headers);
-
-impl Injector for NatsHeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value);
-    }
-}
-
-/// [`headers_for`] for the gateway's own NATS client.
+/// The trace context of `span` as headers of the gateway's own NATS client, or `None`.
 pub fn nats_headers_for(span: &tracing::Span) -> Option<res_nats::Headers> {
-    let cx = span.context();
-    use opentelemetry::trace::TraceContextExt;
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
     let mut headers = res_nats::Headers::new();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut NatsHeaderInjector(&mut headers)));
-    Some(headers)
+    inject(span, |k, v| headers.insert(k, v)).then_some(headers)
 }
 
 /// Makes `span` a child of the trace context carried in `headers`, if any.
