@@ -73,6 +73,8 @@ for scenario, metrics in METRICS.items():
     vals = {}
     for g in gateways:
         for f in sorted((out / g).glob(f"*/{scenario}.json")):
+            if not f.read_text().strip():
+                continue  # still running
             doc = json.loads(f.read_text())["result"]
             for m in metrics:
                 v = get(doc, m[1])
@@ -85,7 +87,11 @@ for scenario, metrics in METRICS.items():
     print("|---|" + "---|" * (len(gateways) + (1 if len(gateways) == 2 else 0)))
     for m in metrics:
         meds = [statistics.median(vals[(g, m[0])]) if (g, m[0]) in vals else None for g in gateways]
-        cells = ["n/a" if v is None else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" for v in meds]
+        fmt = lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+        cells = []
+        for g, v in zip(gateways, meds):
+            got = vals.get((g, m[0]), [])
+            cells.append("n/a" if v is None else fmt(v) + (f" ({fmt(min(got))}–{fmt(max(got))})" if len(got) > 1 else ""))
         if len(gateways) == 2:
             by = dict(zip(gateways, meds))
             a, b = by.get("resgate"), by.get("resgate-rs")
