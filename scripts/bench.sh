@@ -12,8 +12,12 @@
 # Environment (defaults in brackets):
 #   RESGATE_BIN     Resgate binary [unset: skip Resgate]
 #   RESGATE_RS_BIN  resgate-rs binary [$CARGO_TARGET_DIR/release/resgate-rs, built here]
-#   ROUNDS [3]  OUT [/tmp/resbench-<time>]  SCENARIOS [fanout1k fanout10k saturate saturate10k connections get call http]
-#   CONNECTIONS [10000]  FANOUT_RATE_1K [50]  FANOUT_RATE_10K [30]  DURATION [10]
+#   RESBENCH_BIN    resbench binary [$CARGO_TARGET_DIR/release/resbench, built here]; with both
+#                   pinned nothing is built, so a build elsewhere cannot swap a binary mid-run
+#   ROUNDS [3]  OUT [/tmp/resbench-<time>]
+#   SCENARIOS [fanout1k fanout10k saturate saturate10k connections connections_max get call http]
+#   CONNECTIONS [10000]  CONNECTIONS_MAX [19500: near the 20,000 fd hard limit]
+#   FANOUT_RATE_1K [50]  FANOUT_RATE_10K [30]  DURATION [10]
 #   QUIET_LOAD [0.5]  QUIET_WAIT [0]: before each run, wait up to QUIET_WAIT seconds for the
 #                     1-minute load average to drop below QUIET_LOAD (the run goes ahead anyway)
 # The machine has few cores: numbers taken while other work runs are noisy. The summary records
@@ -33,18 +37,21 @@ METRICS = {
                  ("tool CPU µs/delivery", "step.tool_cpu_us_per_delivery")],
     "saturate": [("max events/s (no loss, p99<100ms)", "best.target_rate"),
                  ("max deliveries/s", "best.deliveries_per_second"), ("p99 ms at max", "best.latency.p99_us", 1e-3),
-                 ("gateway CPU µs/delivery at max", "best.gateway_cpu_us_per_delivery")],
+                 ("gateway CPU µs/delivery at max", "best.gateway_cpu_us_per_delivery"),
+                 ("tool CPU µs/delivery at max", "best.tool_cpu_us_per_delivery")],
     "connections": [("connections open", "connect.connected"), ("connect/s", "connect.per_second"),
                     ("gateway RSS KiB/connection", "gateway_rss_per_connection_bytes", 1 / 1024),
                     ("gateway CPU µs/connection", "gateway_cpu_us_per_connection"), ("alive-check lost", "alive_check.lost")],
     "get": [("req/s", "ok_per_second"), ("p50 ms", "latency.p50_us", 1e-3), ("p99 ms", "latency.p99_us", 1e-3),
-            ("errors", "@errors"), ("gateway CPU µs/request", "gateway_cpu_us_per_request")],
+            ("errors", "@errors"), ("gateway CPU µs/request", "gateway_cpu_us_per_request"),
+            ("tool CPU µs/request", "tool_cpu_us_per_request")],
     "http": [("req/s", "ok_per_second"), ("p50 ms", "latency.p50_us", 1e-3), ("p99 ms", "latency.p99_us", 1e-3),
-             ("gateway CPU µs/request", "gateway_cpu_us_per_request")],
+             ("gateway CPU µs/request", "gateway_cpu_us_per_request"), ("tool CPU µs/request", "tool_cpu_us_per_request")],
 }
 METRICS["fanout10k"] = METRICS["fanout1k"]
 METRICS["saturate10k"] = METRICS["saturate"]
 METRICS["call"] = METRICS["get"]
+METRICS["connections_max"] = METRICS["connections"]
 
 def get(doc, path):
     if path == "@errors":
@@ -66,6 +73,8 @@ for scenario, metrics in METRICS.items():
     vals = {}
     for g in gateways:
         for f in sorted((out / g).glob(f"*/{scenario}.json")):
+            if not f.read_text().strip():
+                continue  # still running
             doc = json.loads(f.read_text())["result"]
             for m in metrics:
                 v = get(doc, m[1])
@@ -78,7 +87,11 @@ for scenario, metrics in METRICS.items():
     print("|---|" + "---|" * (len(gateways) + (1 if len(gateways) == 2 else 0)))
     for m in metrics:
         meds = [statistics.median(vals[(g, m[0])]) if (g, m[0]) in vals else None for g in gateways]
-        cells = ["n/a" if v is None else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" for v in meds]
+        fmt = lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+        cells = []
+        for g, v in zip(gateways, meds):
+            got = vals.get((g, m[0]), [])
+            cells.append("n/a" if v is None else fmt(v) + (f" ({fmt(min(got))}–{fmt(max(got))})" if len(got) > 1 else ""))
         if len(gateways) == 2:
             by = dict(zip(gateways, meds))
             a, b = by.get("resgate"), by.get("resgate-rs")
@@ -96,8 +109,9 @@ fi
 
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-/tmp/resbench-$(date -u +%Y%m%dT%H%M%S)}
-SCENARIOS=${SCENARIOS:-"fanout1k fanout10k saturate saturate10k connections get call http"}
+SCENARIOS=${SCENARIOS:-"fanout1k fanout10k saturate saturate10k connections connections_max get call http"}
 CONNECTIONS=${CONNECTIONS:-10000}
+CONNECTIONS_MAX=${CONNECTIONS_MAX:-19500}
 FANOUT_RATE_1K=${FANOUT_RATE_1K:-50}
 FANOUT_RATE_10K=${FANOUT_RATE_10K:-30}
 DURATION=${DURATION:-10}
@@ -124,9 +138,13 @@ elif cargo metadata --format-version 1 --no-deps | grep -q '"name":"resgate-rs"'
 else
   echo "note: the workspace has no resgate-rs package yet: measuring Resgate only"
 fi
-echo "==> cargo build --release ${packages[*]}"
-cargo build --release "${packages[@]}" --quiet
-RESBENCH=$TARGET/release/resbench
+if [[ -n "${RESBENCH_BIN:-}" && -n "${RESGATE_RS_BIN:-}" ]]; then
+  RESBENCH=$RESBENCH_BIN # both pinned: nothing to build
+else
+  echo "==> cargo build --release ${packages[*]}"
+  cargo build --release "${packages[@]}" --quiet
+  RESBENCH=${RESBENCH_BIN:-$TARGET/release/resbench}
+fi
 [[ ${#GATEWAYS[@]} -gt 0 ]] || { echo "no gateway to measure: set RESGATE_BIN or add resgate-rs" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -166,6 +184,7 @@ scenario_args() {
     saturate) echo "saturate -n 1000 -r 1 --start-rate 20 --factor 1.5 --max-rate 2000 --step-duration 5 --refine 3" ;;
     saturate10k) echo "saturate -n 10000 -r 10 --start-rate 10 --factor 1.5 --max-rate 1000 --step-duration 5 --refine 3" ;;
     connections) echo "connections -n $CONNECTIONS -r 10 --settle 3" ;;
+    connections_max) echo "connections -n $CONNECTIONS_MAX -r 10 --settle 3" ;;
     get) echo "requests --op get -c 50 -w 8 -r 10 --duration $DURATION" ;;
     call) echo "requests --op call -c 50 -w 8 -r 10 --duration $DURATION" ;;
     http) echo "http -c 50 --duration $DURATION" ;;

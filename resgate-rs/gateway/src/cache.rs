@@ -812,3 +812,6 @@ async fn evictor(cache: std::sync::Weak<Inner>) {
         }
     }
 }
+
+#[doc(hidden)]
+pub mod bench;

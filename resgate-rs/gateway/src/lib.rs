@@ -26,6 +26,13 @@ mod ws;
 
 pub use config::{ApiEncoding, Config, ConfigError};
 
+/// What the criterion benchmarks (`benches/hot_paths.rs`) drive; not an API.
+#[doc(hidden)]
+pub mod hot_paths {
+    pub use crate::cache::bench::{FanOut, Lookup};
+    pub use crate::ws::{Decoder, Incoming, encode_batch};
+}
+
 use crate::cache::Cache;
 use crate::conn::ConnMsg;
 use crate::metrics::Metrics;

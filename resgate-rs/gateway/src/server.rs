@@ -457,15 +457,7 @@ async fn run_connection<S>(
         if !conn.out.is_empty() || ping_due || !control.is_empty() {
             // Every frame due goes out in one buffer and one write; the buffer is freed after,
             // so an idle connection holds none.
-            let len: usize = conn.out.iter().map(|f| f.len() + 10).sum::<usize>() + control.len() + 2;
-            let mut batch = Vec::with_capacity(len);
-            batch.append(&mut control);
-            for f in conn.out.drain(..) {
-                ws::encode_frame(&mut batch, ws::OP_TEXT, f.as_bytes());
-            }
-            if std::mem::take(&mut ping_due) {
-                ws::encode_frame(&mut batch, ws::OP_PING, &[]);
-            }
+            let batch = ws::encode_batch(&mut control, &mut conn.out, std::mem::take(&mut ping_due));
             let result = tokio::select! {
                 r = ws.write(&batch) => r,
                 _ = &mut killed => {

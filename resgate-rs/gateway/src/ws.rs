@@ -12,6 +12,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -228,6 +229,21 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
         }
     }
     out.extend_from_slice(payload);
+}
+
+/// Everything due on a connection, in one buffer: the encoded control frames (taken), the
+/// text frames (drained) and a ping.
+pub fn encode_batch(control: &mut Vec<u8>, frames: &mut Vec<Utf8Bytes>, ping: bool) -> Vec<u8> {
+    let len: usize = frames.iter().map(|f| f.len() + 10).sum::<usize>() + control.len() + 2;
+    let mut batch = Vec::with_capacity(len);
+    batch.append(control);
+    for f in frames.drain(..) {
+        encode_frame(&mut batch, OP_TEXT, f.as_bytes());
+    }
+    if ping {
+        encode_frame(&mut batch, OP_PING, &[]);
+    }
+    batch
 }
 
 /// A close frame's payload: the code and a reason.
