@@ -162,7 +162,10 @@ impl Gateway {
         for t in &self.tasks {
             t.abort();
         }
-        self.shared.nats.flush().await;
+        // Bounded: a NATS server that went away (or stopped answering) must not hold the exit.
+        if tokio::time::timeout(Duration::from_secs(2), self.shared.nats.flush()).await.is_err() {
+            tracing::warn!("NATS did not confirm the last messages before shutdown");
+        }
         tracing::info!("resgate-rs stopped");
     }
 }

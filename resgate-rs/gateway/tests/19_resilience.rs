@@ -236,6 +236,18 @@ async fn shutdown_sends_going_away() {
     assert!(WsClient::connect(&url, &[]).await.is_err(), "listener closed after shutdown");
 }
 
+/// Found by the scale benchmark: NATS gone in the middle of a drain left gateways reconnecting
+/// for minutes instead of exiting. Shutdown must end (drain timeout plus a bounded flush).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_when_nats_is_gone() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    sub_model(&mut env, &mut c, "test.model", json!({"a": 1})).await;
+    env.nats.stop();
+    let gw = env.gateway.take().unwrap();
+    timeout(Duration::from_secs(10), gw.shutdown()).await.expect("shutdown finishes without NATS");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_1000_events_reaches_two_clients_in_order() {
     let mut env = TestEnv::start().await;
