@@ -73,8 +73,9 @@ impl Gateway {
     pub async fn start(mut config: Config) -> Result<Gateway, GatewayError> {
         config.prepare()?;
         if config.ws_compression {
-            // Deliberate difference from Resgate: tokio-tungstenite has no permessage-deflate, so
-            // the extension is simply not negotiated and clients fall back to plain frames.
+            // Deliberate difference from Resgate: the gateway's framing (`ws`) does not implement
+            // permessage-deflate, so the extension is not negotiated and clients use plain frames.
+            // Resgate's default is off, and RES frames are small.
             tracing::warn!("wsCompression is not supported by resgate-rs; connections are not compressed");
         }
         let config = Arc::new(config);
