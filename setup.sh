@@ -35,6 +35,7 @@ declare -A PACKAGES=(
   [jq]=/usr/bin/jq
   [curl]=/usr/bin/curl
   [ca-certificates]=/etc/ssl/certs
+  [openssl]=/usr/bin/openssl
   [python3-yaml]=/usr/lib/python3/dist-packages/yaml
 )
 
