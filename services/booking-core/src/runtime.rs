@@ -1,8 +1,11 @@
 //! Process plumbing shared by the service binaries: connections, the admin endpoint, signals.
 
+use crate::config::CommonConfig;
+use anyhow::Context;
 use prometheus_client::registry::Registry;
 use redis::aio::ConnectionManager;
 use res_telemetry::admin::Health;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -53,4 +56,34 @@ pub struct Deps {
     pub nats: async_nats::Client,
     pub db: deadpool_postgres::Pool,
     pub redis: ConnectionManager,
+}
+
+impl Deps {
+    /// Connects to PostgreSQL (and applies the migrations), NATS and Redis as `common` says.
+    pub async fn connect(common: &CommonConfig) -> anyhow::Result<Deps> {
+        let db = crate::db::pool(&common.database_url()?, common.db_pool_size)?;
+        crate::db::migrate(&db).await.context("migrate")?;
+        let nats = async_nats::connect(&common.nats_url).await.context("connect to NATS")?;
+        let redis = connect_redis(&common.redis_url).await.context("connect to Redis")?;
+        Ok(Deps { nats, db, redis })
+    }
+}
+
+/// Serves `/metrics` (from `registry`) and `/healthz` on `admin_addr` until SIGTERM or Ctrl-C;
+/// then reports unhealthy, runs `drain` (the service's own shutdown) and stops the endpoint.
+pub async fn serve_until_signal<F: Future<Output = ()>>(
+    admin_addr: SocketAddr,
+    registry: Registry,
+    drain: impl FnOnce() -> F,
+) -> anyhow::Result<()> {
+    let health = Health::new(true);
+    let cancel = CancellationToken::new();
+    let admin = spawn_admin(admin_addr, Arc::new(registry), health.clone(), cancel.clone()).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    health.set(false);
+    drain().await;
+    cancel.cancel();
+    let _ = admin.await;
+    Ok(())
 }

@@ -1,10 +1,9 @@
 //! The catalog binary: config, telemetry, migrations and seed, serve until SIGTERM/Ctrl-C.
 
 use anyhow::Context;
-use booking_core::runtime::{shutdown_signal, spawn_admin};
+use booking_core::runtime::serve_until_signal;
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,15 +14,6 @@ async fn main() -> anyhow::Result<()> {
     let seed_from = cfg.seed.then(|| cfg.seed_start_date.unwrap_or_else(|| chrono::Utc::now().date_naive()));
     let mut registry = Registry::default();
     let running = catalog::start(nats, db, seed_from, cfg.common.max_concurrency, &mut registry).await?;
-    let health = res_telemetry::admin::Health::new(true);
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let admin = spawn_admin(cfg.common.admin_addr, Arc::new(registry), health.clone(), cancel.clone()).await?;
     tracing::info!("catalog service running");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    health.set(false);
-    running.shutdown().await;
-    cancel.cancel();
-    let _ = admin.await;
-    Ok(())
+    serve_until_signal(cfg.common.admin_addr, registry, || running.shutdown()).await
 }

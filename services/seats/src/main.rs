@@ -1,31 +1,16 @@
 //! The seats binary: config, telemetry, connections, migrations, serve until SIGTERM/Ctrl-C.
 
-use anyhow::Context;
-use booking_core::runtime::{Deps, connect_redis, shutdown_signal, spawn_admin};
+use booking_core::runtime::{Deps, serve_until_signal};
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = seats::Config::parse();
     let _telemetry = res_telemetry::init("seats", "info")?;
-    let db = booking_core::db::pool(&cfg.common.database_url()?, cfg.common.db_pool_size)?;
-    booking_core::db::migrate(&db).await.context("migrate")?;
-    let nats = async_nats::connect(&cfg.common.nats_url).await.context("connect to NATS")?;
-    let redis = connect_redis(&cfg.common.redis_url).await.context("connect to Redis")?;
+    let deps = Deps::connect(&cfg.common).await?;
     let mut registry = Registry::default();
-    let running =
-        seats::start(Deps { nats, db, redis }, cfg.holds.clone(), cfg.common.max_concurrency, &mut registry).await?;
-    let health = res_telemetry::admin::Health::new(true);
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let admin = spawn_admin(cfg.common.admin_addr, Arc::new(registry), health.clone(), cancel.clone()).await?;
+    let running = seats::start(deps, cfg.holds.clone(), cfg.common.max_concurrency, &mut registry).await?;
     tracing::info!("seats service running");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    health.set(false);
-    running.shutdown().await;
-    cancel.cancel();
-    let _ = admin.await;
-    Ok(())
+    serve_until_signal(cfg.common.admin_addr, registry, || running.shutdown()).await
 }
