@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
-pub use res_nats::Message;
+use res_nats::Message;
 
 /// NATS' maximum control line; a PUB line longer than this breaks the connection.
 const MAX_CONTROL_LINE: usize = 4096;
@@ -41,7 +41,7 @@ pub enum ConnectionEvent {
 }
 
 /// What a subscription yields, in NATS wire order.
-pub enum Delivery {
+enum Delivery {
     Message(Message),
     /// The reply to a request made via this subscription, ready to run where it is received.
     Reply(Box<dyn FnOnce() + Send>),
@@ -82,7 +82,7 @@ pub struct Nats(Arc<Inner>);
 /// A live subscription: its messages (and replies routed to it) in wire order. Dropping it
 /// unsubscribes.
 pub struct Subscription {
-    pub rx: mpsc::Receiver<Delivery>,
+    rx: mpsc::Receiver<Delivery>,
     route: Route,
     _sub: res_nats::Subscription,
 }
