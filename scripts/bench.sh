@@ -7,7 +7,9 @@
 # Builds resbench and resgate-rs (release) with cargo; never builds Resgate: RESGATE_BIN must name a
 # binary built beforehand. Every gateway runs ROUNDS rounds; each round starts a fresh nats-server
 # and gateway on loopback and runs each scenario once. Results (one JSON file per run) go to OUT;
-# the summary prints the median of the rounds per metric, and the ratio resgate-rs / Resgate.
+# the summary prints the median of the rounds per metric, and the ratio resgate-rs / Resgate. Each
+# round also measures the floor (`resbench floor`: the CPU of one write per delivery, no gateway)
+# with the fanout scenarios' clients and rates: the "floor" column.
 #
 # Environment (defaults in brackets):
 #   RESGATE_BIN     Resgate binary [unset: skip Resgate]
@@ -83,18 +85,20 @@ for scenario, metrics in METRICS.items():
     if not vals:
         continue
     print(f"### {scenario}\n")
-    print("| metric | " + " | ".join(gateways) + (" | resgate-rs / resgate |" if len(gateways) == 2 else " |"))
-    print("|---|" + "---|" * (len(gateways) + (1 if len(gateways) == 2 else 0)))
+    # Columns: the gateways (and the floor) with data for this scenario; ratios against Resgate.
+    cols = [g for g in gateways if any(k[0] == g for k in vals)]
+    ratios = [g for g in cols if g != "resgate"] if "resgate" in cols else []
+    print("| metric | " + " | ".join(cols) + "".join(f" | {g} / resgate" for g in ratios) + " |")
+    print("|---|" + "---|" * (len(cols) + len(ratios)))
+    fmt = lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
     for m in metrics:
-        meds = [statistics.median(vals[(g, m[0])]) if (g, m[0]) in vals else None for g in gateways]
-        fmt = lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+        meds = {g: statistics.median(vals[(g, m[0])]) for g in cols if (g, m[0]) in vals}
         cells = []
-        for g, v in zip(gateways, meds):
+        for g in cols:
             got = vals.get((g, m[0]), [])
-            cells.append("n/a" if v is None else fmt(v) + (f" ({fmt(min(got))}–{fmt(max(got))})" if len(got) > 1 else ""))
-        if len(gateways) == 2:
-            by = dict(zip(gateways, meds))
-            a, b = by.get("resgate"), by.get("resgate-rs")
+            cells.append("n/a" if g not in meds else fmt(meds[g]) + (f" ({fmt(min(got))}–{fmt(max(got))})" if len(got) > 1 else ""))
+        for g in ratios:
+            a, b = meds.get("resgate"), meds.get(g)
             cells.append(f"{b / a:.2f}" if a and b is not None else "n/a")
         print(f"| {m[0]} | " + " | ".join(cells) + " |")
     print()
@@ -218,6 +222,20 @@ for round in $(seq 1 "$ROUNDS"); do
       fi
       stop_servers
     done
+  done
+  # The floor: the tool's own writer thread in place of a gateway, one write per delivery and
+  # nothing else, with the clients and rate of the fanout scenarios (no gateway, no NATS).
+  for s in $SCENARIOS; do
+    case $s in fanout1k | fanout10k) ;; *) continue ;; esac
+    dir=$OUT/floor/$round; mkdir -p "$dir"
+    read -r -a args <<<"$(scenario_args "$s")"
+    args[0]=floor
+    load=$(cut -d' ' -f1-3 /proc/loadavg)
+    echo "==> round $round floor $s (load $load): resbench ${args[*]}"
+    echo "$load" >"$dir/$s.load"
+    if ! timeout 600 "$RESBENCH" "${args[@]}" --json >"$dir/$s.json" 2>"$dir/$s.err"; then
+      echo "    FAILED (see $dir/$s.err)"; rm -f "$dir/$s.json"
+    fi
   done
 done
 

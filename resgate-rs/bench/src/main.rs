@@ -4,6 +4,7 @@
 //! WebSocket (and HTTP) clients against the gateway. Every run is bounded in count and time.
 
 mod fanout;
+mod floor;
 mod frames;
 mod http;
 mod report;
@@ -87,6 +88,9 @@ enum Cmd {
     Requests(requests::RequestsArgs),
     /// GET of a cached resource through the HTTP API, C keep-alive connections.
     Http(http::HttpArgs),
+    /// The CPU per delivery of an ideal gateway (one write per delivery, nothing else): no
+    /// gateway or NATS involved, the tool writes to its own loopback connections.
+    Floor(floor::FloorArgs),
 }
 
 /// What every scenario gets: the arguments, the gateway and the processes to watch.
@@ -101,7 +105,7 @@ pub struct Ctx {
 }
 
 /// File descriptors the tool keeps for itself (NATS, stdio, runtime, HTTP holders).
-const FD_RESERVE: u64 = 128;
+pub const FD_RESERVE: u64 = 128;
 
 impl Ctx {
     /// How many of `wanted` client sockets fit in the fd limit; records a warning when capped.
@@ -173,6 +177,7 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Connections(a) => fanout::run_connections(ctx, a).await,
             Cmd::Requests(a) => requests::run(ctx, a).await,
             Cmd::Http(a) => http::run(ctx, a).await,
+            Cmd::Floor(a) => floor::run(ctx, a).await,
         }
     })?;
     shards.shutdown();

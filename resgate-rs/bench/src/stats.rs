@@ -123,15 +123,25 @@ impl Pacer {
 /// Linux reports utime/stime in USER_HZ ticks, fixed at 100 on every mainstream architecture.
 const USER_HZ: f64 = 100.0;
 
-/// User+system CPU seconds from the text of `/proc/<pid>/stat`.
-pub fn parse_stat_cpu(stat: &str) -> Option<f64> {
+/// User and system CPU seconds from the text of `/proc/<pid>/stat` (or a thread's).
+pub fn parse_stat_times(stat: &str) -> Option<(f64, f64)> {
     // The command name (field 2) may hold spaces and parentheses: fields restart after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest[0] is field 3 (state); utime is field 14, stime field 15.
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / USER_HZ)
+    Some((utime as f64 / USER_HZ, stime as f64 / USER_HZ))
+}
+
+/// User+system CPU seconds from the text of `/proc/<pid>/stat`.
+pub fn parse_stat_cpu(stat: &str) -> Option<f64> {
+    parse_stat_times(stat).map(|(user, system)| user + system)
+}
+
+/// User and system CPU seconds of the calling thread.
+pub fn this_thread_cpu() -> Option<(f64, f64)> {
+    parse_stat_times(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
 }
 
 /// A `kB` field (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, in bytes.
@@ -287,6 +297,7 @@ mod tests {
         let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 9 0 100 \
                     123456 789 18446744073709551615";
         assert_eq!(parse_stat_cpu(stat), Some(3.0));
+        assert_eq!(parse_stat_times(stat), Some((2.5, 0.5)));
         assert_eq!(parse_stat_cpu("garbage"), None);
         let status = "Name:\tresgate\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
         assert_eq!(parse_status_kb(status, "VmRSS"), Some(10 * 1024 * 1024));
@@ -301,6 +312,7 @@ mod tests {
     fn own_process_is_readable() {
         let me = Proc::this();
         assert!(me.cpu_seconds().is_some());
+        assert!(this_thread_cpu().is_some());
         assert!(me.rss_bytes().unwrap() > 0);
         assert!(me.hwm_bytes().unwrap() >= me.rss_bytes().unwrap() / 2);
     }
