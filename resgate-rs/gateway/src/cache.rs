@@ -665,17 +665,37 @@ impl Cache {
 
     async fn refresh(&self, entry: &Arc<Entry>) {
         let (name, raw_query) = split_query(&entry.key);
-        let result = self.0.nats.request("get", &format!("get.{name}"), service::get_request(raw_query)).await;
-        match result.and_then(|p| service::decode_get(&p)) {
-            Ok(r) => self.replace_data(entry, r.data),
-            Err(e) if e.code == code::NOT_FOUND => {
-                let mut st = entry.state.lock();
-                entry.apply_kind(&mut st, EventKind::Delete);
-                drop(st);
-                self.remove_entry(entry);
+        // Evicted since the reset listed it: nothing left to refresh.
+        let Some(route) = self.event_route(name) else { return };
+        // As with the first get, the event task takes the reply in its wire-order place among the
+        // resource's events: the diff then neither re-applies an event the reply already holds
+        // nor reverts one the service sent after replying.
+        let cache = self.clone();
+        let target = entry.clone();
+        let on_reply = move |reply: Result<Bytes, ResError>| {
+            match reply.and_then(|p| service::decode_get(&p)) {
+                Ok(r) => cache.replace_data(&target, r.data),
+                Err(e) if e.code == code::NOT_FOUND => {
+                    let mut st = target.state.lock();
+                    target.apply_kind(&mut st, EventKind::Delete);
+                    drop(st);
+                    cache.remove_entry(&target);
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => tracing::warn!(rid = %entry.key, error = %e, "re-fetch after reset failed"),
+            Ok(())
+        };
+        let subject = format!("get.{name}");
+        if let Err(e) =
+            self.0.nats.request_via("get", &subject, service::get_request(raw_query), &route, on_reply).await
+        {
+            tracing::warn!(rid = %entry.key, error = %e, "re-fetch after reset failed");
         }
+    }
+
+    /// Where replies go to be handled in order with `name`'s events, if its events are subscribed.
+    fn event_route(&self, name: &str) -> Option<Route> {
+        self.0.names.lock().get(name)?.ready.get()?.as_ref().ok().cloned()
     }
 
     /// Replaces an entry's data with a new state, emitting the events between them.

@@ -176,3 +176,37 @@ async fn token_reset_sends_auth_for_matching_tids() {
     r.respond_result(json!(null)).await;
     c.assert_no_message(QUIET).await;
 }
+
+/// The re-fetch's reply keeps its place among the resource's events, as the first get's does: an
+/// add the service sends just before replying is already in the reply (so not applied twice), and
+/// one sent just after is applied after the diff (so not reverted by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_reply_splits_events_in_wire_order() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    for i in 0..100 {
+        let rid = format!("test.col{i}");
+        sub_collection(&mut env, &mut c, &rid, json!(["a"])).await;
+        env.service.publish_json("system.reset", json!({"resources": [rid]})).await;
+        let get = env.service.expect(&format!("get.{rid}")).await;
+        let reply = get.reply.clone().expect("get has a reply subject");
+        env.service.publish_event_noflush(&rid, "add", &json!({"idx": 1, "value": "early"})).await;
+        env.service.publish_json_noflush(&reply, &json!({"result": {"collection": ["a", "early"]}})).await;
+        env.service.publish_event_noflush(&rid, "add", &json!({"idx": 2, "value": "late"})).await;
+        env.service.flush().await;
+        let mut local = vec![json!("a")];
+        while local.len() < 3 {
+            let ev = c.next_event().await;
+            let idx = ev["data"]["idx"].as_u64().unwrap() as usize;
+            match ev["event"].as_str().unwrap() {
+                e if e == format!("{rid}.add") => local.insert(idx, ev["data"]["value"].clone()),
+                e if e == format!("{rid}.remove") => {
+                    local.remove(idx);
+                }
+                other => panic!("iteration {i}: unexpected event {other}"),
+            }
+        }
+        assert_eq!(local, vec![json!("a"), json!("early"), json!("late")], "iteration {i}");
+        c.assert_no_message(std::time::Duration::from_millis(20)).await;
+    }
+}
