@@ -442,7 +442,8 @@ fn tool_vs_gateway(r: &mut Report, s: &StepResult) {
     }
 }
 
-fn events_for(rate: f64, duration: Duration) -> u64 {
+/// Events a step of `duration` publishes at `rate` (at least one).
+pub fn events_for(rate: f64, duration: Duration) -> u64 {
     ((rate * duration.as_secs_f64()).round() as u64).max(1)
 }
 

@@ -10,12 +10,12 @@
 //! includes the receiving side's TCP processing, which the kernel runs in the sender's context,
 //! for Resgate and resgate-rs alike.
 
+use crate::fanout::{FanoutArgs, events_for};
 use crate::report::{Report, cpu_us_per, opt_us, per_sec};
 use crate::service::rid;
 use crate::stats::{Pacer, Proc, now_ns, this_thread_cpu};
 use crate::{Ctx, FD_RESERVE, finish_report, frames, secs};
 use anyhow::{Context, Result, bail};
-use clap::Args;
 use serde::Serialize;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -23,28 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-
-#[derive(Args, Debug)]
-pub struct FloorArgs {
-    /// Connections (client i receives the events of resource i % R).
-    #[arg(long, short = 'n', default_value_t = 1000)]
-    pub clients: usize,
-    /// Resources the connections are spread over.
-    #[arg(long, short = 'r', default_value_t = 1)]
-    pub resources: usize,
-    /// Events per second (over all resources).
-    #[arg(long, default_value_t = 50.0)]
-    pub rate: f64,
-    /// Writing time of the measured part, in seconds.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
-    /// Unmeasured warm-up at the same rate, in seconds (0 for none).
-    #[arg(long, default_value_t = 1.0)]
-    pub warmup: f64,
-    /// Time allowed after the last write for the readers to get every byte, in seconds.
-    #[arg(long, default_value_t = 5.0)]
-    pub drain_timeout: f64,
-}
 
 #[derive(Debug, Serialize)]
 struct FloorOut {
@@ -145,41 +123,42 @@ fn write_events(
     })
 }
 
-pub async fn run(ctx: Ctx, a: FloorArgs) -> Result<(Report, crate::ws::Shards)> {
+/// Takes `fanout`'s arguments, so that a floor and the fanout it bounds are set up alike.
+pub async fn run(ctx: Ctx, a: FanoutArgs) -> Result<(Report, crate::ws::Shards)> {
     let duration = secs(a.duration, "--duration", 3600.0)?;
-    let drain = secs(a.drain_timeout, "--drain-timeout", 600.0)?;
+    let drain = secs(a.clients.drain_timeout, "--drain-timeout", 600.0)?;
     if !(a.rate > 0.0 && a.rate <= 1_000_000.0) {
         bail!("--rate must be in (0, 1e6]");
     }
-    if a.resources == 0 || a.clients == 0 {
+    let (clients, resources) = (a.clients.clients, a.clients.resources);
+    if resources == 0 || clients == 0 {
         bail!("--clients and --resources must be positive");
     }
     let mut ctx = ctx;
     // Both ends of every connection are the tool's: two descriptors each.
     let fits = usize::try_from(ctx.fd_limit.saturating_sub(FD_RESERVE) / 2).unwrap_or(usize::MAX);
-    let n = a.clients.min(fits);
-    if n < a.clients {
+    let n = clients.min(fits);
+    if n < clients {
         ctx.warnings.push(format!(
             "{} connections need {} descriptors, over the fd limit {}: running {n}",
-            a.clients,
-            2 * a.clients,
+            clients,
+            2 * clients,
             ctx.fd_limit
         ));
     }
-    let warm =
-        if a.warmup > 0.0 { (a.rate * secs(a.warmup, "--warmup", 600.0)?.as_secs_f64()).round() as u64 } else { 0 };
-    let measured = ((a.rate * duration.as_secs_f64()).round() as u64).max(1);
+    let warm = if a.warmup > 0.0 { events_for(a.rate, secs(a.warmup, "--warmup", 600.0)?) } else { 0 };
+    let measured = events_for(a.rate, duration);
 
     let listener = TcpListener::bind("127.0.0.1:0").context("bind a loopback listener")?;
     let addr = listener.local_addr()?;
     let received = Arc::new(AtomicU64::new(0));
-    let mut by_resource: Vec<Vec<TcpStream>> = (0..a.resources).map(|_| Vec::new()).collect();
+    let mut by_resource: Vec<Vec<TcpStream>> = (0..resources).map(|_| Vec::new()).collect();
     for i in 0..n {
         let client = TcpStream::connect(addr).with_context(|| format!("connect {i} of {n}"))?;
         let (server, _) = listener.accept().context("accept")?;
         server.set_nodelay(true)?;
         client.set_nonblocking(true)?;
-        by_resource[i % a.resources].push(server);
+        by_resource[i % resources].push(server);
         let received = received.clone();
         ctx.shards.handle(i).spawn(async move {
             let Ok(mut sock) = tokio::net::TcpStream::from_std(client) else { return };
@@ -190,7 +169,7 @@ pub async fn run(ctx: Ctx, a: FloorArgs) -> Result<(Report, crate::ws::Shards)> 
         });
     }
 
-    let rids: Vec<String> = (0..a.resources).map(|r| rid(&ctx.common.service, r)).collect();
+    let rids: Vec<String> = (0..resources).map(|r| rid(&ctx.common.service, r)).collect();
     let me = Proc::this();
     let tool_cpu0 = me.cpu_seconds().unwrap_or(0.0);
     let writer = std::thread::Builder::new()
@@ -225,7 +204,7 @@ pub async fn run(ctx: Ctx, a: FloorArgs) -> Result<(Report, crate::ws::Shards)> 
         ctx.warnings.push(format!("{undelivered} bytes had not arrived when the drain time ended"));
     }
     let mut rows = vec![
-        ("connections / resources".to_owned(), format!("{n} / {}", a.resources)),
+        ("connections / resources".to_owned(), format!("{n} / {}", resources)),
         (
             "events written (measured)".to_owned(),
             format!("{measured} at {}", per_sec(measured as f64 / written.seconds)),
@@ -243,7 +222,7 @@ pub async fn run(ctx: Ctx, a: FloorArgs) -> Result<(Report, crate::ws::Shards)> 
         ),
     ));
     rows.push(("tool readers CPU per delivery".to_owned(), opt_us(step.tool_cpu_us_per_delivery)));
-    let mut r = Report::new("floor", &FloorOut { clients: n, resources: a.resources, step });
+    let mut r = Report::new("floor", &FloorOut { clients: n, resources, step });
     for (k, v) in rows {
         r.row(k, v);
     }

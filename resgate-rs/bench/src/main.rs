@@ -90,7 +90,7 @@ enum Cmd {
     Http(http::HttpArgs),
     /// The CPU per delivery of an ideal gateway (one write per delivery, nothing else): no
     /// gateway or NATS involved, the tool writes to its own loopback connections.
-    Floor(floor::FloorArgs),
+    Floor(fanout::FanoutArgs),
 }
 
 /// What every scenario gets: the arguments, the gateway and the processes to watch.
