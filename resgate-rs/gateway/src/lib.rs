@@ -270,11 +270,29 @@ async fn conn_events_task(
 
 /// After a NATS reconnect or dropped messages, events may be lost: re-fetch every cached
 /// resource and re-check every client's access, as a `system.reset` of everything would.
+/// A re-validation after dropped messages waits for this long without drops, up to the maximum.
+const RESYNC_SETTLE: Duration = Duration::from_millis(50);
+const RESYNC_SETTLE_MAX: Duration = Duration::from_secs(2);
+
 async fn resync_on_reconnect(shared: Arc<Shared>, mut events: tokio::sync::broadcast::Receiver<ConnectionEvent>) {
+    use tokio::sync::broadcast::error::TryRecvError;
     loop {
         match events.recv().await {
             Ok(ConnectionEvent::Reconnected | ConnectionEvent::SlowConsumer)
             | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Let a burst of drops end first (bounded): a re-validation that starts while
+                // messages are still being dropped has to be repeated. Events queued so far are
+                // covered by the re-validation below, so they are taken before the drop flag is
+                // cleared; a drop after that queues a new event (and so a new re-validation).
+                let settle_until = tokio::time::Instant::now() + RESYNC_SETTLE_MAX;
+                loop {
+                    while !matches!(events.try_recv(), Err(TryRecvError::Empty | TryRecvError::Closed)) {}
+                    shared.nats.resync_started();
+                    tokio::time::sleep(RESYNC_SETTLE).await;
+                    if !shared.nats.dropped_since_resync() || tokio::time::Instant::now() >= settle_until {
+                        break;
+                    }
+                }
                 let all = vec![ResourcePattern::parse(">").expect("valid pattern")];
                 shared.cache.reset(&all).await;
                 let all = Arc::new(all);

@@ -21,7 +21,7 @@ use res_protocol::ResError;
 use res_protocol::service::parse_pre_response;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
@@ -72,6 +72,9 @@ struct Inner {
     /// Capacity of each subscription's channel; beyond it messages are dropped (slow consumer).
     buffer_size: usize,
     events: broadcast::Sender<ConnectionEvent>,
+    /// Set by the first dropped message, cleared when the gateway starts re-validating: a burst
+    /// of drops asks for one re-validation (and logs once), not one per message.
+    resync_pending: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -150,6 +153,7 @@ impl Nats {
             timeout: settings.request_timeout,
             buffer_size: settings.buffer_size.max(1024),
             events: events.clone(),
+            resync_pending: AtomicBool::new(false),
             metrics: metrics.clone(),
         }));
         let inbox = nats.subscribe_raw(&format!("{inbox_prefix}.*"), {
@@ -267,6 +271,16 @@ impl Nats {
         Ok(self.0.client.subscribe(subject, handler)?)
     }
 
+    /// Marks the start of a re-validation: messages dropped from now on ask for another one.
+    pub fn resync_started(&self) {
+        self.0.resync_pending.store(false, Ordering::Release);
+    }
+
+    /// Whether a message was dropped since [`Nats::resync_started`].
+    pub fn dropped_since_resync(&self) -> bool {
+        self.0.resync_pending.load(Ordering::Acquire)
+    }
+
     /// Waits until everything published so far reached the server.
     pub async fn flush(&self) {
         let _ = self.0.client.flush().await;
@@ -297,12 +311,16 @@ impl Inner {
             (Some(Pending::Via { .. }), Reply::Final(r)) => {
                 let Some(Pending::Via { to, waiting, on_reply }) = pending.remove(&id) else { unreachable!() };
                 drop(pending);
+                let requester = waiting.clone();
                 let run = Box::new(move || {
                     let done = on_reply(r).map(|()| Bytes::new());
                     let _ = waiting.try_send(Reply::Final(done));
                 });
                 if to.try_send(Delivery::Reply(run)).is_err() {
-                    // The request times out; the resync after a slow consumer repairs the rest.
+                    // Dropped like any message of a full subscription: the request fails now
+                    // (not at its timeout), and the resync after a slow consumer repairs the rest.
+                    let _ = requester
+                        .try_send(Reply::Final(Err(ResError::internal("reply dropped: subscription buffer full"))));
                     self.slow_consumer();
                 }
             }
@@ -311,8 +329,10 @@ impl Inner {
 
     fn slow_consumer(&self) {
         self.metrics.nats_slow_consumer.inc();
-        tracing::error!("NATS slow consumer: messages were dropped; re-validating the cache");
-        let _ = self.events.send(ConnectionEvent::SlowConsumer);
+        if !self.resync_pending.swap(true, Ordering::AcqRel) {
+            tracing::error!("NATS slow consumer: messages were dropped; re-validating the cache");
+            let _ = self.events.send(ConnectionEvent::SlowConsumer);
+        }
     }
 }
 

@@ -268,3 +268,58 @@ async fn burst_of_1000_events_reaches_two_clients_in_order() {
         c.assert_no_message(QUIET).await;
     }
 }
+
+/// A burst that overflows a subscription's buffer (slow consumer) is healed by re-validating the
+/// cache after the burst, not once per dropped message (20 times for ~50,000 drops before), and
+/// the client ends in the service's final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_buffer_overflow_revalidates_after_the_burst_and_converges() {
+    const EVENTS: u64 = 100_000;
+    let mut env = TestEnv::start_with(|c| {
+        c.buffer_size = 1024;
+        c.metrics_port = Some(0);
+        c.max_outbound_bytes = 1 << 30; // the client reads only after the burst
+    })
+    .await;
+    let mut c = env.client().await;
+    // Wide change events take the event task longer to apply than the reader to queue.
+    let wide =
+        |n: u64| -> Value { (0..20).map(|k| (format!("f{k}"), json!(n))).collect::<serde_json::Map<_, _>>().into() };
+    sub_model(&mut env, &mut c, "test.model", wide(0)).await;
+    for n in 1..=EVENTS {
+        env.service.publish_event_noflush("test.model", "change", &json!({ "values": wide(n) })).await;
+    }
+    env.service.flush().await;
+    // Every re-fetch gets the final state (the service published it all before answering); each
+    // re-validation also re-checks the client's access.
+    let mut gets = 0;
+    let subjects = |s: &str| s == "get.test.model" || s == "access.test.model";
+    while let Some(r) = env.service.expect_where("get.test.model", subjects).await_or(Duration::from_millis(1500)).await
+    {
+        if r.subject.starts_with("get.") {
+            r.respond_model(wide(EVENTS)).await;
+            gets += 1;
+        } else {
+            r.respond_access(true, None).await;
+        }
+    }
+    let dropped: u64 = env
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("resgate_nats_slow_consumer_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("slow-consumer counter");
+    assert!(dropped > 0, "the burst never overflowed the buffer: the test proves nothing (gets: {gets})");
+    assert!(gets >= 1, "{dropped} messages dropped but no re-validation");
+    eprintln!("{dropped} messages dropped, {gets} re-validations");
+    assert!(gets <= 3, "{gets} re-validations for one burst ({dropped} messages dropped)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "the client never reached the final state");
+        let ev = c.next_event().await;
+        if ev["data"]["values"]["f19"] == json!(EVENTS) {
+            break;
+        }
+    }
+}
