@@ -25,7 +25,7 @@ fn framing(c: &mut Criterion) {
     g.throughput(Throughput::Elements(8));
     g.bench_function("decode_8_requests", |b| {
         b.iter(|| {
-            let mut d = Decoder::new(1 << 20);
+            let mut d = Decoder::new(1 << 20, false);
             d.extend(black_box(&batch));
             let mut n = 0;
             d.parse(|m| {
@@ -42,7 +42,7 @@ fn framing(c: &mut Criterion) {
     g.bench_function("encode_8_replies", |b| {
         b.iter(|| {
             let mut frames = replies.clone();
-            black_box(encode_batch(&mut Vec::new(), &mut frames, false))
+            black_box(encode_batch(&mut Vec::new(), &mut frames, false, false))
         })
     });
     g.finish();

@@ -72,12 +72,6 @@ impl Gateway {
     /// serving.
     pub async fn start(mut config: Config) -> Result<Gateway, GatewayError> {
         config.prepare()?;
-        if config.ws_compression {
-            // Deliberate difference from Resgate: the gateway's framing (`ws`) does not implement
-            // permessage-deflate, so the extension is not negotiated and clients use plain frames.
-            // Resgate's default is off, and RES frames are small.
-            tracing::warn!("wsCompression is not supported by resgate-rs; connections are not compressed");
-        }
         let config = Arc::new(config);
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));

@@ -262,6 +262,8 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
     let is_upgrade =
         headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let deflate = shared.config.ws_compression
+        && headers.get(header::SEC_WEBSOCKET_EXTENSIONS).and_then(|v| v.to_str().ok()).is_some_and(ws::accepts_deflate);
     let Some(key) = key.filter(|_| is_upgrade && req.method() == http::Method::GET) else {
         return simple(StatusCode::BAD_REQUEST, "Bad Request\n");
     };
@@ -316,6 +318,9 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    if deflate {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(ws::DEFLATE_RESPONSE));
+    }
 
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
@@ -326,14 +331,14 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
                 // writes go straight to the socket.
                 match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
                     Ok(parts) => {
-                        let ws = WsStream::new(parts.io.into_inner(), max, &parts.read_buf);
+                        let ws = WsStream::new(parts.io.into_inner(), max, deflate, &parts.read_buf);
                         // `read_buf` shares hyper's whole HTTP read buffer (8 KiB), even when
                         // empty: dropped now, not when the connection ends.
                         drop(parts.read_buf);
                         run_connection(ws, shared, cid, tx, rx, http, initial_token).instrument(span).await;
                     }
                     Err(upgraded) => {
-                        let ws = WsStream::new(TokioIo::new(upgraded), max, &[]);
+                        let ws = WsStream::new(TokioIo::new(upgraded), max, deflate, &[]);
                         run_connection(ws, shared, cid, tx, rx, http, initial_token).instrument(span).await;
                     }
                 }
@@ -457,7 +462,7 @@ async fn run_connection<S>(
         if !conn.out.is_empty() || ping_due || !control.is_empty() {
             // Every frame due goes out in one buffer and one write; the buffer is freed after,
             // so an idle connection holds none.
-            let batch = ws::encode_batch(&mut control, &mut conn.out, std::mem::take(&mut ping_due));
+            let batch = ws::encode_batch(&mut control, &mut conn.out, std::mem::take(&mut ping_due), ws.deflate);
             let result = tokio::select! {
                 r = ws.write(&batch) => r,
                 _ = &mut killed => {

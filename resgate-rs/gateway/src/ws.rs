@@ -5,8 +5,15 @@
 //! kept (usually none); writes encode a batch of frames into one buffer, written with one
 //! syscall and freed once written. A general-purpose WebSocket library keeps a read buffer per
 //! connection for its lifetime (and zero-fills it before every read), and writes frame by frame.
-//! No extensions are negotiated (the upgrade answers without any), so RSV bits are errors.
+//!
+//! The one extension is permessage-deflate (RFC 7692), when the gateway runs with
+//! `wsCompression` and the client offers it. As Resgate (gorilla/websocket) does, it is agreed
+//! without context takeover in both directions, so each message is compressed on its own: the
+//! compressor and decompressor are per thread and reset per message, and a connection keeps no
+//! compression state (a deflate window per connection would cost more than the whole connection
+//! does now).
 
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
@@ -34,6 +41,92 @@ const SCRATCH: usize = 16 * 1024;
 
 thread_local! {
     static READ_SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
+    // Raw deflate (no zlib header), reset for every message. Level 1, gorilla's default.
+    static DEFLATER: RefCell<(Compress, Vec<u8>)> = RefCell::new((Compress::new(Compression::fast(), false), Vec::new()));
+    static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
+/// The `Sec-WebSocket-Extensions` answer when permessage-deflate is agreed.
+pub const DEFLATE_RESPONSE: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// Messages shorter than this go out uncompressed (RSV1 clear): deflate makes them longer.
+const MIN_COMPRESSED: usize = 64;
+
+/// The four bytes a sync flush ends with, which permessage-deflate leaves out of each message.
+const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Whether a client's `Sec-WebSocket-Extensions` offers permessage-deflate in a form the gateway
+/// can agree to: any offer, unless it limits the server's window below the 32 KiB the
+/// compressor uses, or has a parameter RFC 7692 does not define.
+pub fn accepts_deflate(offers: &str) -> bool {
+    offers.split(',').any(|offer| {
+        let mut parts = offer.split(';').map(str::trim);
+        parts.next() == Some("permessage-deflate")
+            && parts.all(|param| {
+                let (name, value) = param.split_once('=').map_or((param, None), |(n, v)| (n.trim(), Some(v.trim())));
+                match name {
+                    "server_no_context_takeover" | "client_no_context_takeover" => value.is_none(),
+                    // The client's window only bounds what the client sends; any size inflates.
+                    "client_max_window_bits" => true,
+                    "server_max_window_bits" => value.map(|v| v.trim_matches('"')) == Some("15"),
+                    _ => false,
+                }
+            })
+    })
+}
+
+/// Appends `payload` deflated as one permessage-deflate message (without the sync tail).
+fn deflate_into(out: &mut Vec<u8>, payload: &[u8]) {
+    DEFLATER.with_borrow_mut(|(c, buf)| {
+        c.reset();
+        buf.clear();
+        let mut input = payload;
+        loop {
+            buf.reserve(input.len() / 2 + 64);
+            let before = c.total_in();
+            c.compress_vec(input, buf, FlushCompress::Sync).expect("deflating into memory cannot fail");
+            input = &input[(c.total_in() - before) as usize..];
+            // A sync flush is complete once a call leaves output space unused.
+            if input.is_empty() && buf.len() < buf.capacity() {
+                break;
+            }
+        }
+        debug_assert!(buf.ends_with(&SYNC_TAIL));
+        out.extend_from_slice(&buf[..buf.len().saturating_sub(SYNC_TAIL.len())]);
+    });
+}
+
+/// Inflates one permessage-deflate message, refusing output beyond `max` bytes (a small
+/// compressed frame can expand a thousandfold).
+fn inflate(payload: &[u8], max: usize) -> Result<Vec<u8>, ReadError> {
+    INFLATER.with_borrow_mut(|d| {
+        d.reset(false);
+        let mut out: Vec<u8> = Vec::with_capacity(payload.len().saturating_mul(4).clamp(64, max.saturating_add(1)));
+        for chunk in [payload, &SYNC_TAIL[..]] {
+            let mut input = chunk;
+            loop {
+                if out.len() == out.capacity() {
+                    if out.len() > max {
+                        return Err(ReadError::TooBig(out.len()));
+                    }
+                    // Room for at most one byte over the limit: enough to tell it was crossed.
+                    out.reserve_exact(out.len().max(64).min(max + 1 - out.len()));
+                }
+                let before = d.total_in();
+                let status = d
+                    .decompress_vec(input, &mut out, FlushDecompress::Sync)
+                    .map_err(|_| ReadError::Protocol("invalid compressed data"))?;
+                input = &input[(d.total_in() - before) as usize..];
+                if out.len() > max {
+                    return Err(ReadError::TooBig(out.len()));
+                }
+                if status == Status::StreamEnd || (input.is_empty() && out.len() < out.capacity()) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    })
 }
 
 /// A message (or control frame) from the client.
@@ -74,18 +167,26 @@ impl std::fmt::Display for ReadError {
     }
 }
 
+/// A fragmented message being received.
+struct Fragments {
+    opcode: u8,
+    compressed: bool,
+    payload: Vec<u8>,
+}
+
 /// Parses client frames out of received bytes.
 pub struct Decoder {
     /// Received bytes not yet consumed: at most one unfinished frame, after `parse`.
     buf: Vec<u8>,
-    /// The opcode and payload so far of a fragmented message.
-    fragments: Option<(u8, Vec<u8>)>,
+    fragments: Option<Fragments>,
     max_message: usize,
+    /// permessage-deflate agreed: RSV1 marks a compressed message.
+    deflate: bool,
 }
 
 impl Decoder {
-    pub fn new(max_message: usize) -> Decoder {
-        Decoder { buf: Vec::new(), fragments: None, max_message }
+    pub fn new(max_message: usize, deflate: bool) -> Decoder {
+        Decoder { buf: Vec::new(), fragments: None, max_message, deflate }
     }
 
     /// Appends received bytes.
@@ -101,10 +202,10 @@ impl Decoder {
             match self.next_frame(at) {
                 Ok(None) => break Ok(()),
                 Ok(Some((next, go_on))) => {
-                    let (fin, opcode, start) = go_on;
+                    let (fin, rsv1, opcode, start) = go_on;
                     at = next;
                     let payload_range = start..next;
-                    if !self.deliver(fin, opcode, payload_range, &mut each)? {
+                    if !self.deliver(fin, rsv1, opcode, payload_range, &mut each)? {
                         break Ok(());
                     }
                 }
@@ -120,16 +221,19 @@ impl Decoder {
         result
     }
 
-    /// Unmasks the frame at `at` if it is complete: `Some((end, (fin, opcode, payload start)))`.
+    /// Unmasks the frame at `at` if it is complete:
+    /// `Some((end, (fin, rsv1, opcode, payload start)))`.
     #[allow(clippy::type_complexity)]
-    fn next_frame(&mut self, at: usize) -> Result<Option<(usize, (bool, u8, usize))>, ReadError> {
+    fn next_frame(&mut self, at: usize) -> Result<Option<(usize, (bool, bool, u8, usize))>, ReadError> {
         let b = &self.buf[at..];
         if b.len() < 2 {
             return Ok(None);
         }
         let (fin, rsv, opcode) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0F);
         let (masked, len7) = (b[1] & 0x80 != 0, b[1] & 0x7F);
-        if rsv != 0 {
+        // RSV1 is permessage-deflate's, and only on a message's first frame.
+        let rsv1 = rsv == 0x40 && self.deflate && matches!(opcode, OP_TEXT | OP_BINARY);
+        if rsv != 0 && !rsv1 {
             return Err(ReadError::Protocol("reserved bits set"));
         }
         if !masked {
@@ -145,7 +249,7 @@ impl Decoder {
         if opcode >= OP_CLOSE && (len > 125 || !fin) {
             return Err(ReadError::Protocol("control frame fragmented or over 125 bytes"));
         }
-        let so_far = self.fragments.as_ref().map_or(0, |(_, p)| p.len() as u64);
+        let so_far = self.fragments.as_ref().map_or(0, |f| f.payload.len() as u64);
         if len + so_far > self.max_message as u64 {
             // Refused on the header, before buffering a payload this size.
             return Err(ReadError::TooBig(usize::try_from(len + so_far).unwrap_or(usize::MAX)));
@@ -158,12 +262,13 @@ impl Decoder {
         let mask: [u8; 4] = b[header..start].try_into().expect("4 bytes");
         let payload = &mut self.buf[at + start..at + start + len];
         unmask(payload, mask);
-        Ok(Some((at + start + len, (fin, opcode, at + start))))
+        Ok(Some((at + start + len, (fin, rsv1, opcode, at + start))))
     }
 
     fn deliver(
         &mut self,
         fin: bool,
+        compressed: bool,
         opcode: u8,
         range: std::ops::Range<usize>,
         each: &mut impl FnMut(Incoming<'_>) -> bool,
@@ -173,22 +278,29 @@ impl Decoder {
             OP_TEXT | OP_BINARY if self.fragments.is_some() => {
                 Err(ReadError::Protocol("new message inside a fragmented one"))
             }
-            OP_TEXT if fin => Ok(each(Incoming::Text(payload))),
-            OP_BINARY if fin => Ok(each(Incoming::Binary(payload))),
+            OP_TEXT | OP_BINARY if fin && compressed => {
+                let message = inflate(payload, self.max_message)?;
+                Ok(each(data_message(opcode, &message)))
+            }
+            OP_TEXT | OP_BINARY if fin => Ok(each(data_message(opcode, payload))),
             OP_TEXT | OP_BINARY => {
-                self.fragments = Some((opcode, payload.to_vec()));
+                self.fragments = Some(Fragments { opcode, compressed, payload: payload.to_vec() });
                 Ok(true)
             }
             OP_CONTINUATION => {
-                let Some((_, so_far)) = self.fragments.as_mut() else {
+                let Some(f) = self.fragments.as_mut() else {
                     return Err(ReadError::Protocol("continuation without a message"));
                 };
-                so_far.extend_from_slice(payload);
+                f.payload.extend_from_slice(payload);
                 if !fin {
                     return Ok(true);
                 }
-                let (op, message) = self.fragments.take().expect("checked above");
-                Ok(each(if op == OP_TEXT { Incoming::Text(&message) } else { Incoming::Binary(&message) }))
+                let f = self.fragments.take().expect("checked above");
+                if f.compressed {
+                    let message = inflate(&f.payload, self.max_message)?;
+                    return Ok(each(data_message(f.opcode, &message)));
+                }
+                Ok(each(data_message(f.opcode, &f.payload)))
             }
             OP_PING => Ok(each(Incoming::Ping(payload))),
             OP_PONG => Ok(each(Incoming::Pong)),
@@ -200,6 +312,10 @@ impl Decoder {
             _ => Err(ReadError::Protocol("unknown opcode")),
         }
     }
+}
+
+fn data_message(opcode: u8, message: &[u8]) -> Incoming<'_> {
+    if opcode == OP_TEXT { Incoming::Text(message) } else { Incoming::Binary(message) }
 }
 
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
@@ -216,8 +332,31 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// Appends one unmasked, unfragmented server frame.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    out.push(0x80 | opcode);
-    match payload.len() {
+    encode_header(out, 0x80 | opcode, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Appends a text frame, deflated (RSV1 set) when `deflate` and the payload is worth it.
+fn encode_text(out: &mut Vec<u8>, payload: &[u8], deflate: bool) {
+    if !deflate || payload.len() < MIN_COMPRESSED {
+        return encode_frame(out, OP_TEXT, payload);
+    }
+    // The header needs the compressed length: compress behind a maximal header, then move the
+    // payload up to the real one.
+    let header_at = out.len();
+    out.resize(header_at + 10, 0);
+    deflate_into(out, payload);
+    let len = out.len() - header_at - 10;
+    let mut header = Vec::with_capacity(10);
+    encode_header(&mut header, 0x80 | 0x40 | OP_TEXT, len);
+    out.copy_within(header_at + 10.., header_at + header.len());
+    out[header_at..header_at + header.len()].copy_from_slice(&header);
+    out.truncate(header_at + header.len() + len);
+}
+
+fn encode_header(out: &mut Vec<u8>, first_byte: u8, len: usize) {
+    out.push(first_byte);
+    match len {
         n if n < 126 => out.push(n as u8),
         n if n <= 0xFFFF => {
             out.push(126);
@@ -228,17 +367,16 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(payload);
 }
 
 /// Everything due on a connection, in one buffer: the encoded control frames (taken), the
-/// text frames (drained) and a ping.
-pub fn encode_batch(control: &mut Vec<u8>, frames: &mut Vec<Utf8Bytes>, ping: bool) -> Vec<u8> {
+/// text frames (drained; deflated when agreed) and a ping.
+pub fn encode_batch(control: &mut Vec<u8>, frames: &mut Vec<Utf8Bytes>, ping: bool, deflate: bool) -> Vec<u8> {
     let len: usize = frames.iter().map(|f| f.len() + 10).sum::<usize>() + control.len() + 2;
     let mut batch = Vec::with_capacity(len);
     batch.append(control);
     for f in frames.drain(..) {
-        encode_frame(&mut batch, OP_TEXT, f.as_bytes());
+        encode_text(&mut batch, f.as_bytes(), deflate);
     }
     if ping {
         encode_frame(&mut batch, OP_PING, &[]);
@@ -257,14 +395,16 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 pub struct WsStream<S> {
     io: S,
     pub decoder: Decoder,
+    /// permessage-deflate agreed at the upgrade.
+    pub deflate: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     /// `read_buf`: bytes the HTTP server read past the upgrade request.
-    pub fn new(io: S, max_message: usize, read_buf: &[u8]) -> WsStream<S> {
-        let mut decoder = Decoder::new(max_message);
+    pub fn new(io: S, max_message: usize, deflate: bool, read_buf: &[u8]) -> WsStream<S> {
+        let mut decoder = Decoder::new(max_message, deflate);
         decoder.extend(read_buf);
-        WsStream { io, decoder }
+        WsStream { io, decoder, deflate }
     }
 
     /// Waits for bytes from the client and adds them to the decoder; `Ok(0)` at end of stream.
@@ -335,7 +475,7 @@ mod tests {
         bytes.extend(client_frame(true, OP_TEXT, &vec![b'x'; 300]));
         bytes.extend(client_frame(true, OP_CLOSE, &close_payload(1000, "bye")));
         for split in 0..bytes.len() {
-            let mut d = Decoder::new(1 << 20);
+            let mut d = Decoder::new(1 << 20, false);
             d.extend(&bytes[..split]);
             let mut got = parse_all(&mut d).unwrap();
             d.extend(&bytes[split..]);
@@ -351,7 +491,7 @@ mod tests {
 
     #[test]
     fn fragments_join_around_control_frames() {
-        let mut d = Decoder::new(1 << 20);
+        let mut d = Decoder::new(1 << 20, false);
         d.extend(&client_frame(false, OP_TEXT, b"ab"));
         d.extend(&client_frame(true, OP_PING, b""));
         d.extend(&client_frame(false, OP_CONTINUATION, b"cd"));
@@ -362,7 +502,7 @@ mod tests {
     #[test]
     fn violations_are_refused() {
         let refuse = |bytes: Vec<u8>, max: usize| {
-            let mut d = Decoder::new(max);
+            let mut d = Decoder::new(max, false);
             d.extend(&bytes);
             parse_all(&mut d).unwrap_err()
         };
@@ -382,6 +522,126 @@ mod tests {
         let mut rsv = client_frame(true, OP_TEXT, b"x");
         rsv[0] |= 0x40;
         assert_eq!(refuse(rsv, 100).close_code(), CLOSE_PROTOCOL);
+    }
+
+    /// A client message deflated by flate2's streaming encoder (sync flush, tail removed), as a
+    /// client implementation would produce it, independent of the gateway's own deflate path.
+    fn client_deflated(payload: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), Compression::best());
+        e.write_all(payload).unwrap();
+        e.flush().unwrap();
+        let out = e.get_ref();
+        assert!(out.ends_with(&SYNC_TAIL));
+        out[..out.len() - SYNC_TAIL.len()].to_vec()
+    }
+
+    fn with_rsv1(mut frame: Vec<u8>) -> Vec<u8> {
+        frame[0] |= 0x40;
+        frame
+    }
+
+    /// Parses one server frame: (first byte, payload).
+    fn server_frame(b: &[u8]) -> (u8, &[u8]) {
+        let (len, at) = match b[1] {
+            126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        assert_eq!(b.len(), at + len, "one whole frame");
+        (b[0], &b[at..])
+    }
+
+    #[test]
+    fn deflate_offers_are_read_as_rfc_7692_says() {
+        assert!(accepts_deflate("permessage-deflate"));
+        assert!(accepts_deflate("permessage-deflate; client_max_window_bits")); // ws, Chromium
+        assert!(accepts_deflate("x-webkit-deflate-frame, permessage-deflate; client_max_window_bits=10"));
+        assert!(accepts_deflate("permessage-deflate; server_no_context_takeover; client_no_context_takeover"));
+        assert!(accepts_deflate("permessage-deflate; server_max_window_bits=10, permessage-deflate"));
+        assert!(accepts_deflate("permessage-deflate;server_max_window_bits=\"15\""));
+        assert!(!accepts_deflate("permessage-deflate; server_max_window_bits=10"));
+        assert!(!accepts_deflate("permessage-deflate; server_no_context_takeover=1"));
+        assert!(!accepts_deflate("permessage-deflate; unknown_param"));
+        assert!(!accepts_deflate("x-webkit-deflate-frame"));
+        assert!(!accepts_deflate(""));
+    }
+
+    #[test]
+    fn deflated_messages_are_inflated_whole_or_fragmented() {
+        let text = format!(r#"{{"id":7,"method":"call.a.b","params":{{"pad":"{}"}}}}"#, "ab".repeat(500));
+        let deflated = client_deflated(text.as_bytes());
+        assert!(deflated.len() < text.len() / 4, "repetitive text compresses");
+        let mut d = Decoder::new(1 << 20, true);
+        d.extend(&with_rsv1(client_frame(true, OP_TEXT, &deflated)));
+        // An uncompressed message on the same connection is fine too (RSV1 is per message).
+        d.extend(&client_frame(true, OP_TEXT, b"plain"));
+        // Fragmented: RSV1 on the first frame only, a ping in between.
+        let (a, b) = deflated.split_at(deflated.len() / 2);
+        d.extend(&with_rsv1(client_frame(false, OP_TEXT, a)));
+        d.extend(&client_frame(true, OP_PING, b""));
+        d.extend(&client_frame(true, OP_CONTINUATION, b));
+        assert_eq!(
+            parse_all(&mut d).unwrap(),
+            [format!("text:{text}"), "text:plain".into(), "ping:".into(), format!("text:{text}")]
+        );
+    }
+
+    #[test]
+    fn deflate_violations_and_bombs_are_refused() {
+        let refuse = |bytes: Vec<u8>, max: usize| {
+            let mut d = Decoder::new(max, true);
+            d.extend(&bytes);
+            parse_all(&mut d).unwrap_err()
+        };
+        let deflated = client_deflated(b"hello hello hello hello");
+        // RSV1 on a continuation or a control frame, and RSV2/RSV3, stay violations.
+        let mut cont = client_frame(false, OP_TEXT, &deflated[..2]);
+        cont.extend(with_rsv1(client_frame(true, OP_CONTINUATION, &deflated[2..])));
+        assert_eq!(refuse(cont, 1000).close_code(), CLOSE_PROTOCOL);
+        assert_eq!(refuse(with_rsv1(client_frame(true, OP_PING, b"")), 1000).close_code(), CLOSE_PROTOCOL);
+        let mut rsv2 = client_frame(true, OP_TEXT, &deflated);
+        rsv2[0] |= 0x20;
+        assert_eq!(refuse(rsv2, 1000).close_code(), CLOSE_PROTOCOL);
+        assert_eq!(
+            refuse(with_rsv1(client_frame(true, OP_TEXT, b"\xff\xff not deflate")), 1000).close_code(),
+            CLOSE_PROTOCOL
+        );
+        // 10 MB of zeros deflate to about 10 KB: refused once past the limit, not inflated whole.
+        let bomb = client_deflated(&vec![0u8; 10 << 20]);
+        assert!(bomb.len() < 64 << 10);
+        assert_eq!(refuse(with_rsv1(client_frame(true, OP_TEXT, &bomb)), 1 << 20), ReadError::TooBig((1 << 20) + 1));
+        // Exactly at the limit is fine.
+        let mut d = Decoder::new(1000, true);
+        d.extend(&with_rsv1(client_frame(true, OP_BINARY, &client_deflated(&[7u8; 1000]))));
+        assert_eq!(parse_all(&mut d).unwrap(), ["binary:1000"]);
+    }
+
+    #[test]
+    fn server_frames_are_deflated_when_agreed_and_worth_it() {
+        let long = format!(r#"{{"event":"seat.map.change","data":{{"values":{{"row":"{}"}}}}}}"#, "free ".repeat(200));
+        let mut frames = vec![Utf8Bytes::from(long.clone()), Utf8Bytes::from_static(r#"{"id":1,"result":null}"#)];
+        let batch = encode_batch(&mut Vec::new(), &mut frames, false, true);
+        // Split the batch: the first frame is compressed, the short one is not.
+        let (short_at, _) = batch.windows(2).enumerate().rev().find(|(_, w)| w[0] == 0x81).unwrap();
+        let (first, payload) = server_frame(&batch[..short_at]);
+        assert_eq!(first, 0xC1, "FIN + RSV1 + text");
+        assert!(payload.len() < long.len() / 4);
+        let mut inflated = Vec::new();
+        let whole = [payload, &SYNC_TAIL[..]].concat();
+        let mut z = flate2::read::DeflateDecoder::new(whole.as_slice());
+        let _ = std::io::Read::read_to_end(&mut z, &mut inflated);
+        assert_eq!(inflated, long.as_bytes(), "an independent inflater reads it");
+        assert_eq!(server_frame(&batch[short_at..]), (0x81, &br#"{"id":1,"result":null}"#[..]));
+        // Every length form of the header: the payload moves up to the real header size.
+        for n in [100, 2_000, 200_000] {
+            let text: String = (0..n).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+            let mut out = Vec::new();
+            encode_text(&mut out, text.as_bytes(), true);
+            let (first, payload) = server_frame(&out);
+            assert_eq!(first, 0xC1);
+            assert_eq!(inflate(payload, 1 << 20).unwrap(), text.as_bytes());
+        }
     }
 
     #[test]

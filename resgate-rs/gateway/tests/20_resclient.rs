@@ -16,6 +16,18 @@ fn node_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resclient_gets_model_receives_change_and_calls() {
+    resclient_round(false).await;
+}
+
+/// The same with `wsCompression`: `ws` offers permessage-deflate, the gateway agrees, and every
+/// frame both ways (the call's params are big enough for `ws` to compress them) is deflated by one
+/// implementation and inflated by the other (zlib in Node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resclient_over_permessage_deflate() {
+    resclient_round(true).await;
+}
+
+async fn resclient_round(compression: bool) {
     let dir = node_dir();
     assert!(
         std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
@@ -26,10 +38,11 @@ async fn resclient_gets_model_receives_change_and_calls() {
         "{}/node_modules missing: run ./setup.sh (npm ci in tests/node)",
         dir.display()
     );
-    let mut env = TestEnv::start().await;
+    let mut env = TestEnv::start_with(|c| c.ws_compression = compression).await;
     let mut child = tokio::process::Command::new("node")
         .arg("script.js")
         .arg(env.ws_url())
+        .arg(if compression { "big" } else { "small" })
         .current_dir(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -52,7 +65,10 @@ async fn resclient_gets_model_receives_change_and_calls() {
     let a = env.service.expect("access.example.model").await;
     a.respond_access(true, Some("*")).await;
     env.service.expect("get.example.model").await.respond_model(json!({"message": "Hello", "n": 1})).await;
-    assert_eq!(next_line().await, json!({"step": "get", "model": {"message": "Hello", "n": 1}}));
+    let got = next_line().await;
+    assert_eq!(got["model"], json!({"message": "Hello", "n": 1}), "{got}");
+    let extensions = got["extensions"].as_str().expect("extensions string");
+    assert_eq!(extensions.contains("permessage-deflate"), compression, "agreed extensions: {extensions:?}");
     assert_eq!(next_line().await, json!({"step": "listening"}));
 
     env.service.publish_event("example.model", "change", json!({"values": {"message": "Changed"}})).await;
@@ -60,7 +76,8 @@ async fn resclient_gets_model_receives_change_and_calls() {
 
     let call = env.service.expect("call.example.model.ping").await;
     let p = call.payload_json();
-    assert_eq!(p["params"], json!({"n": 1}));
+    assert_eq!(p["params"]["n"], json!(1));
+    assert_eq!(p["params"]["pad"].as_str().map(str::len), compression.then_some(4000));
     assert_eq!(p["cid"], json!(a.cid()));
     call.respond_result(json!({"pong": 1})).await;
     assert_eq!(next_line().await, json!({"step": "call", "result": {"pong": 1}}));

@@ -1,6 +1,8 @@
 // Drives a resgate-rs gateway with the real resclient over the `ws` package.
-// Usage: node script.js <ws-url>
-// Prints one JSON object per line: get, listening, change, call; exits 0 on success.
+// Usage: node script.js <ws-url> [big]
+// Prints one JSON object per line: get (with the WebSocket extensions agreed), listening, change,
+// call; exits 0 on success. With `big`, the call's params carry 4,000 bytes of padding, which `ws`
+// sends compressed when permessage-deflate is agreed (it compresses messages over 1 KiB).
 'use strict';
 
 const ResClient = require('resclient').default;
@@ -18,11 +20,13 @@ const fail = (what, e) => {
 };
 const timer = setTimeout(() => fail('timeout'), 15000);
 
-const client = new ResClient(() => new WebSocket(url));
+const big = process.argv[3] === 'big';
+let socket;
+const client = new ResClient(() => (socket = new WebSocket(url)));
 
 (async () => {
   const model = await client.get('example.model');
-  out({ step: 'get', model: model.toJSON() });
+  out({ step: 'get', model: model.toJSON(), extensions: socket.extensions });
   await new Promise((resolve) => {
     model.on('change', () => {
       out({ step: 'change', model: model.toJSON() });
@@ -30,7 +34,8 @@ const client = new ResClient(() => new WebSocket(url));
     });
     out({ step: 'listening' });
   });
-  const result = await client.call('example.model', 'ping', { n: 1 });
+  const params = big ? { n: 1, pad: 'x'.repeat(4000) } : { n: 1 };
+  const result = await client.call('example.model', 'ping', params);
   out({ step: 'call', result });
   clearTimeout(timer);
   await client.disconnect();
