@@ -313,7 +313,8 @@ async fn event_buffer_overflow_revalidates_after_the_burst_and_converges() {
     assert!(dropped > 0, "the burst never overflowed the buffer: the test proves nothing (gets: {gets})");
     assert!(gets >= 1, "{dropped} messages dropped but no re-validation");
     eprintln!("{dropped} messages dropped, {gets} re-validations");
-    assert!(gets <= 3, "{gets} re-validations for one burst ({dropped} messages dropped)");
+    // 1–2 here; 20 when every drop asked for one (the bound leaves room for a loaded machine).
+    assert!(gets <= 5, "{gets} re-validations for one burst ({dropped} messages dropped)");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(Instant::now() < deadline, "the client never reached the final state");
