@@ -112,16 +112,20 @@ fn inflate(payload: &[u8], max: usize) -> Result<Vec<u8>, ReadError> {
                     // Room for at most one byte over the limit: enough to tell it was crossed.
                     out.reserve_exact(out.len().max(64).min(max + 1 - out.len()));
                 }
-                let before = d.total_in();
+                let (before_in, before_out) = (d.total_in(), out.len());
                 let status = d
                     .decompress_vec(input, &mut out, FlushDecompress::Sync)
                     .map_err(|_| ReadError::Protocol("invalid compressed data"))?;
-                input = &input[(d.total_in() - before) as usize..];
+                input = &input[(d.total_in() - before_in) as usize..];
                 if out.len() > max {
                     return Err(ReadError::TooBig(out.len()));
                 }
                 if status == Status::StreamEnd || (input.is_empty() && out.len() < out.capacity()) {
                     break;
+                }
+                // With room to write, a call that takes no input and gives no output never will.
+                if d.total_in() == before_in && out.len() == before_out && out.len() < out.capacity() {
+                    return Err(ReadError::Protocol("invalid compressed data"));
                 }
             }
         }
@@ -641,6 +645,34 @@ mod tests {
             let (first, payload) = server_frame(&out);
             assert_eq!(first, 0xC1);
             assert_eq!(inflate(payload, 1 << 20).unwrap(), text.as_bytes());
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives, split anywhere, with or without deflate agreed: errors, never panics.
+        #[test]
+        fn arbitrary_input_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            split in 0usize..2048,
+            deflate in proptest::prelude::any::<bool>(),
+        ) {
+            let mut d = Decoder::new(4096, deflate);
+            let split = split.min(bytes.len());
+            d.extend(&bytes[..split]);
+            if parse_all(&mut d).is_ok() {
+                d.extend(&bytes[split..]);
+                let _ = parse_all(&mut d);
+            }
+        }
+
+        /// Arbitrary bytes as a compressed message: inflated, or refused, never a panic.
+        #[test]
+        fn arbitrary_compressed_payloads_never_panic(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+        ) {
+            let mut d = Decoder::new(4096, true);
+            d.extend(&with_rsv1(client_frame(true, OP_TEXT, &payload)));
+            let _ = parse_all(&mut d);
         }
     }
 
