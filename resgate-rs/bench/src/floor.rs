@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 #[derive(Debug, Serialize)]
-struct FloorOut {
+struct FloorOut<'a> {
     clients: usize,
     resources: usize,
-    step: FloorStep,
+    step: &'a FloorStep,
 }
 
 /// The measured part. Field names follow `fanout`'s step so that reports line up; the "gateway"
@@ -203,29 +203,21 @@ pub async fn run(ctx: Ctx, a: FanoutArgs) -> Result<(Report, crate::ws::Shards)>
     if undelivered > 0 {
         ctx.warnings.push(format!("{undelivered} bytes had not arrived when the drain time ended"));
     }
-    let mut rows = vec![
-        ("connections / resources".to_owned(), format!("{n} / {}", resources)),
-        (
-            "events written (measured)".to_owned(),
-            format!("{measured} at {}", per_sec(measured as f64 / written.seconds)),
-        ),
-        ("deliveries".to_owned(), format!("{d} ({})", per_sec(step.deliveries_per_second))),
-        ("undelivered bytes".to_owned(), undelivered.to_string()),
-    ];
-    rows.push((
-        "writer CPU per delivery".to_owned(),
+    let mut r = Report::new("floor", &FloorOut { clients: n, resources, step: &step });
+    r.row("connections / resources", format!("{n} / {resources}"));
+    r.row("events written (measured)", format!("{measured} at {}", per_sec(measured as f64 / written.seconds)));
+    r.row("deliveries", format!("{d} ({})", per_sec(step.deliveries_per_second)));
+    r.row("undelivered bytes", undelivered.to_string());
+    r.row(
+        "writer CPU per delivery",
         format!(
             "{} (user {}, system {})",
             opt_us(step.gateway_cpu_us_per_delivery),
             opt_us(step.writer_user_us_per_delivery),
             opt_us(step.writer_system_us_per_delivery)
         ),
-    ));
-    rows.push(("tool readers CPU per delivery".to_owned(), opt_us(step.tool_cpu_us_per_delivery)));
-    let mut r = Report::new("floor", &FloorOut { clients: n, resources, step });
-    for (k, v) in rows {
-        r.row(k, v);
-    }
+    );
+    r.row("tool readers CPU per delivery", opt_us(step.tool_cpu_us_per_delivery));
     Ok(finish_report(r, ctx))
 }
 

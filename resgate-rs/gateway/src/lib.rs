@@ -262,12 +262,12 @@ async fn conn_events_task(
     }
 }
 
-/// After a NATS reconnect or dropped messages, events may be lost: re-fetch every cached
-/// resource and re-check every client's access, as a `system.reset` of everything would.
 /// A re-validation after dropped messages waits for this long without drops, up to the maximum.
 const RESYNC_SETTLE: Duration = Duration::from_millis(50);
 const RESYNC_SETTLE_MAX: Duration = Duration::from_secs(2);
 
+/// After a NATS reconnect or dropped messages, events may be lost: re-fetch every cached
+/// resource and re-check every client's access, as a `system.reset` of everything would.
 async fn resync_on_reconnect(shared: Arc<Shared>, mut events: tokio::sync::broadcast::Receiver<ConnectionEvent>) {
     use tokio::sync::broadcast::error::TryRecvError;
     loop {

@@ -440,7 +440,7 @@ async fn run_connection<S>(
                         } else {
                             tracing::debug!(%cid, error = %e, "websocket read error");
                         }
-                        break 'conn Some((e.close_code(), if e.close_code() == ws::CLOSE_TOO_BIG { "message too large" } else { "protocol error" }));
+                        break 'conn Some((e.close_code(), e.close_reason()));
                     }
                     if closing.is_some() {
                         break closing;

@@ -75,8 +75,9 @@ pub fn accepts_deflate(offers: &str) -> bool {
     })
 }
 
-/// Appends `payload` deflated as one permessage-deflate message (without the sync tail).
-fn deflate_into(out: &mut Vec<u8>, payload: &[u8]) {
+/// Deflates `payload` as one permessage-deflate message and hands `with` the result (without
+/// the sync tail), still in the per-thread buffer.
+fn deflated<R>(payload: &[u8], with: impl FnOnce(&[u8]) -> R) -> R {
     DEFLATER.with_borrow_mut(|(c, buf)| {
         c.reset();
         buf.clear();
@@ -92,8 +93,8 @@ fn deflate_into(out: &mut Vec<u8>, payload: &[u8]) {
             }
         }
         debug_assert!(buf.ends_with(&SYNC_TAIL));
-        out.extend_from_slice(&buf[..buf.len().saturating_sub(SYNC_TAIL.len())]);
-    });
+        with(&buf[..buf.len().saturating_sub(SYNC_TAIL.len())])
+    })
 }
 
 /// Inflates one permessage-deflate message, refusing output beyond `max` bytes (a small
@@ -158,6 +159,14 @@ impl ReadError {
         match self {
             ReadError::TooBig(_) => CLOSE_TOO_BIG,
             ReadError::Protocol(_) => CLOSE_PROTOCOL,
+        }
+    }
+
+    /// The reason sent in the close frame.
+    pub fn close_reason(&self) -> &'static str {
+        match self {
+            ReadError::TooBig(_) => "message too large",
+            ReadError::Protocol(_) => "protocol error",
         }
     }
 }
@@ -282,11 +291,7 @@ impl Decoder {
             OP_TEXT | OP_BINARY if self.fragments.is_some() => {
                 Err(ReadError::Protocol("new message inside a fragmented one"))
             }
-            OP_TEXT | OP_BINARY if fin && compressed => {
-                let message = inflate(payload, self.max_message)?;
-                Ok(each(data_message(opcode, &message)))
-            }
-            OP_TEXT | OP_BINARY if fin => Ok(each(data_message(opcode, payload))),
+            OP_TEXT | OP_BINARY if fin => complete(opcode, compressed, payload, self.max_message, each),
             OP_TEXT | OP_BINARY => {
                 self.fragments = Some(Fragments { opcode, compressed, payload: payload.to_vec() });
                 Ok(true)
@@ -300,11 +305,7 @@ impl Decoder {
                     return Ok(true);
                 }
                 let f = self.fragments.take().expect("checked above");
-                if f.compressed {
-                    let message = inflate(&f.payload, self.max_message)?;
-                    return Ok(each(data_message(f.opcode, &message)));
-                }
-                Ok(each(data_message(f.opcode, &f.payload)))
+                complete(f.opcode, f.compressed, &f.payload, self.max_message, each)
             }
             OP_PING => Ok(each(Incoming::Ping(payload))),
             OP_PONG => Ok(each(Incoming::Pong)),
@@ -318,8 +319,22 @@ impl Decoder {
     }
 }
 
-fn data_message(opcode: u8, message: &[u8]) -> Incoming<'_> {
-    if opcode == OP_TEXT { Incoming::Text(message) } else { Incoming::Binary(message) }
+/// Hands a whole data message to `each`, inflated first if it came compressed.
+fn complete(
+    opcode: u8,
+    compressed: bool,
+    payload: &[u8],
+    max: usize,
+    each: &mut impl FnMut(Incoming<'_>) -> bool,
+) -> Result<bool, ReadError> {
+    let inflated;
+    let message = if compressed {
+        inflated = inflate(payload, max)?;
+        &inflated[..]
+    } else {
+        payload
+    };
+    Ok(each(if opcode == OP_TEXT { Incoming::Text(message) } else { Incoming::Binary(message) }))
 }
 
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
@@ -345,17 +360,10 @@ fn encode_text(out: &mut Vec<u8>, payload: &[u8], deflate: bool) {
     if !deflate || payload.len() < MIN_COMPRESSED {
         return encode_frame(out, OP_TEXT, payload);
     }
-    // The header needs the compressed length: compress behind a maximal header, then move the
-    // payload up to the real one.
-    let header_at = out.len();
-    out.resize(header_at + 10, 0);
-    deflate_into(out, payload);
-    let len = out.len() - header_at - 10;
-    let mut header = Vec::with_capacity(10);
-    encode_header(&mut header, 0x80 | 0x40 | OP_TEXT, len);
-    out.copy_within(header_at + 10.., header_at + header.len());
-    out[header_at..header_at + header.len()].copy_from_slice(&header);
-    out.truncate(header_at + header.len() + len);
+    deflated(payload, |z| {
+        encode_header(out, 0x80 | 0x40 | OP_TEXT, z.len());
+        out.extend_from_slice(z);
+    });
 }
 
 fn encode_header(out: &mut Vec<u8>, first_byte: u8, len: usize) {
