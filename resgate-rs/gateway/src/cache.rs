@@ -1,26 +1,40 @@
 //! The resource cache shared by every connection.
 //!
-//! One entry per resource ID (as services see it, `{cid}` replaced), loaded once however many
-//! clients want it (concurrent loads share one `get`), kept current by the service's events, and
-//! evicted `unsubscribe_delay` after its last subscriber leaves — at which point the gateway stops
-//! listening for its events.
+//! One entry per resource as the service defines it, loaded once however many clients want it
+//! (concurrent loads share one `get`), kept current by the service's events, and evicted
+//! `unsubscribe_delay` after its last subscriber leaves — at which point the gateway stops
+//! listening for its events. Keys are resource IDs as services see them (`{cid}` replaced).
+//!
+//! Query resources, as Resgate has them: a `get` reply may carry the normalised query, even for
+//! a request without one. The entry is then a query resource (it takes query events, not plain
+//! ones) and is also filed under its canonical key `name?normalised`; a later request whose
+//! query normalises alike, or that names the canonical key, shares it. A reply without a query
+//! files the entry under the plain name. Every key of an entry resolves to it.
 //!
 //! Invariants:
 //! - An entry's NATS event subscription (`event.<name>.*`, one per resource name) exists before
-//!   its `get` request is sent, so no event published after the service answered can be missed.
-//! - Events are applied per resource name in arrival order (one task per name), and each applied
-//!   event bumps the entry's version. A connection registers on an entry and takes its snapshot in
-//!   one step under the entry lock, so it receives exactly the events after its snapshot.
+//!   its `get` request is sent, and the reply waits behind a fence on that subscription: events
+//!   NATS delivered before the reply are dropped (the reply includes them), those after are
+//!   applied. The same holds for the re-fetch of a reset.
+//! - Events are applied per resource name in arrival order by one task, and each applied event
+//!   bumps the entry's version. A subscriber registers on an entry and takes its snapshot in one
+//!   step under the entry lock, so it receives exactly the events after its snapshot.
+//! - A query event sends one query request per normalised query of the name, and the name's
+//!   further events wait until every reply has been applied.
+//! - An entry is deleted only when a service says so (a delete event, or `system.notFound` as a
+//!   service's answer). An unanswered re-fetch (no responders, timeout) keeps the cached state
+//!   and is retried with backoff while the entry is cached.
 //! - An event is encoded once (per client protocol class) and the same bytes are queued to every
 //!   subscribed connection.
 
-use crate::conn::{ConnId, ConnTx};
 use crate::diff;
+use crate::event::{EventKind, Outlet, ResourceEvent};
 use crate::metrics::Metrics;
-use crate::nats::{Nats, Route, Subscription};
+use crate::nats::{Nats, RequestError, Route, ServiceReply, Subscription, WhenFull};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use parking_lot::Mutex;
-use res_protocol::json::{write_str, write_u64};
+use res_protocol::json::write_str;
 use res_protocol::pattern::ResourcePattern;
 use res_protocol::rid::split_query;
 use res_protocol::service::{self, QueryResult};
@@ -28,115 +42,22 @@ use res_protocol::value::{ResourceData, Value};
 use res_protocol::{ResError, code};
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// A resource event, decoded and applied, ready to be written to clients.
-pub struct ResourceEvent {
-    pub key: Arc<str>,
-    pub version: u64,
-    pub kind: EventKind,
-    /// Hard references this event adds to / removes from the resource.
-    pub added_refs: Vec<Arc<str>>,
-    pub removed_refs: Vec<Arc<str>>,
-    frames: [OnceLock<Utf8Bytes>; 2],
-}
+/// Who is registered on an entry (one id per connection).
+pub type SubscriberId = u64;
 
-pub enum EventKind {
-    Change(Vec<(String, Value)>),
-    Add { idx: usize, value: Value },
-    Remove { idx: usize },
-    Delete,
-    Reaccess,
-    Custom { name: String, payload: Option<Box<RawValue>> },
-}
+/// The first wait before an unanswered re-fetch is tried again; it doubles up to the maximum.
+const REFETCH_BACKOFF: Duration = Duration::from_millis(200);
+const REFETCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-impl ResourceEvent {
-    fn new(key: Arc<str>, version: u64, kind: EventKind) -> ResourceEvent {
-        ResourceEvent {
-            key,
-            version,
-            kind,
-            added_refs: Vec::new(),
-            removed_refs: Vec::new(),
-            frames: Default::default(),
-        }
-    }
+static NEXT_ENTRY_ID: AtomicU64 = AtomicU64::new(1);
 
-    pub fn name(&self) -> &str {
-        match &self.kind {
-            EventKind::Change(_) => "change",
-            EventKind::Add { .. } => "add",
-            EventKind::Remove { .. } => "remove",
-            EventKind::Delete => "delete",
-            EventKind::Reaccess => "reaccess",
-            EventKind::Custom { name, .. } => name,
-        }
-    }
-
-    /// The event's data object without its closing brace (so a resource set can be appended), or
-    /// the whole payload for custom events; `None` when the event has no data.
-    pub fn write_data(&self, out: &mut Vec<u8>, legacy: bool, open: bool) -> bool {
-        match &self.kind {
-            EventKind::Change(values) => {
-                out.extend_from_slice(b"{\"values\":");
-                res_protocol::value::write_model(out, values.iter().map(|(k, v)| (k, v)), legacy);
-            }
-            EventKind::Add { idx, value } => {
-                out.extend_from_slice(b"{\"idx\":");
-                write_u64(out, *idx as u64);
-                out.extend_from_slice(b",\"value\":");
-                value.write_client(out, legacy);
-            }
-            EventKind::Remove { idx } => {
-                out.extend_from_slice(b"{\"idx\":");
-                write_u64(out, *idx as u64);
-            }
-            EventKind::Custom { payload: Some(p), .. } => {
-                out.extend_from_slice(p.get().as_bytes());
-                return true;
-            }
-            EventKind::Custom { payload: None, .. } | EventKind::Delete | EventKind::Reaccess => return false,
-        }
-        if !open {
-            out.push(b'}');
-        }
-        true
-    }
-
-    /// The complete client frame for `client_rid`; cached when the rid is the entry's own.
-    pub fn frame(&self, client_rid: &str, legacy: bool) -> Utf8Bytes {
-        if client_rid == &*self.key {
-            return self.frames[legacy as usize].get_or_init(|| self.build_frame(client_rid, legacy)).clone();
-        }
-        self.build_frame(client_rid, legacy)
-    }
-
-    fn build_frame(&self, client_rid: &str, legacy: bool) -> Utf8Bytes {
-        let mut data = Vec::new();
-        let has = self.write_data(&mut data, legacy, false);
-        text(res_protocol::client::event_frame(client_rid, self.name(), has.then_some(&data[..])))
-    }
-
-    /// Approximate bytes this event occupies in a client's queue.
-    pub fn cost(&self) -> usize {
-        self.frames[0].get().map_or(256, |f| f.len() + 64)
-    }
-}
-
-/// A frame's bytes as WebSocket text. Frames are assembled from UTF-8 parts, so the lossy path
-/// never runs; it only keeps a bug from becoming a panic.
-pub fn text(frame: Vec<u8>) -> Utf8Bytes {
-    match String::from_utf8(frame) {
-        Ok(s) => Utf8Bytes::from(s),
-        Err(e) => Utf8Bytes::from(String::from_utf8_lossy(e.as_bytes()).into_owned()),
-    }
-}
-
-/// A consistent view of a loaded entry, taken when a connection registers.
+/// A consistent view of a loaded entry, taken when a subscriber registers.
 pub struct Snapshot {
     pub version: u64,
     pub is_model: bool,
@@ -151,31 +72,51 @@ struct EntryState {
     query: Option<String>,
     version: u64,
     encoded: [Option<Bytes>; 2],
-    subscribers: HashMap<ConnId, ConnTx>,
+    subscribers: HashMap<SubscriberId, Arc<dyn Outlet>>,
     deleted: bool,
 }
 
 /// A cached resource.
 pub struct Entry {
+    pub id: u64,
     pub key: Arc<str>,
     loaded: OnceCell<Result<(), ResError>>,
     /// Set when the service normalised this entry's query to one already cached: that entry
     /// serves both.
-    alias: std::sync::OnceLock<Arc<Entry>>,
-    /// Every cache key that resolves to this entry (its own, plus aliased queries).
+    alias: OnceLock<Arc<Entry>>,
+    /// Every cache key that resolves to this entry (its own, its canonical one, aliased ones).
     keys: Mutex<Vec<Arc<str>>>,
+    /// Its name's event subscription: replies that must not overtake the resource's events
+    /// wait behind a fence there.
+    route: OnceLock<Route>,
+    /// A re-fetch is under way (or waiting to be retried); `refetch_again` asks for one more
+    /// when a reset comes meanwhile, since the reply in flight may predate what it announces.
+    refetching: AtomicBool,
+    refetch_again: AtomicBool,
     state: Mutex<EntryState>,
 }
 
 impl Entry {
     fn new(key: Arc<str>) -> Entry {
         Entry {
+            id: NEXT_ENTRY_ID.fetch_add(1, Ordering::Relaxed),
             keys: Mutex::new(vec![key.clone()]),
             key,
             loaded: OnceCell::new(),
-            alias: std::sync::OnceLock::new(),
+            alias: OnceLock::new(),
+            route: OnceLock::new(),
+            refetching: AtomicBool::new(false),
+            refetch_again: AtomicBool::new(false),
             state: Mutex::new(EntryState::default()),
         }
+    }
+
+    /// A loaded entry outside any cache (the criterion benchmarks).
+    pub(crate) fn loaded_with(key: &str, data: ResourceData) -> Arc<Entry> {
+        let entry = Arc::new(Entry::new(Arc::from(key)));
+        entry.state.lock().data = Some(data);
+        entry.loaded.set(Ok(())).expect("new entry");
+        entry
     }
 
     pub fn name(&self) -> &str {
@@ -186,9 +127,14 @@ impl Entry {
         matches!(self.loaded.get(), Some(Ok(())))
     }
 
-    /// Registers a connection and returns its starting snapshot; `None` if the entry is not
-    /// loaded or was deleted.
-    pub fn register(&self, conn: ConnId, tx: &ConnTx, legacy: bool) -> Option<Snapshot> {
+    /// The route of the entry's event subscription, once it is being loaded.
+    pub fn route(&self) -> Option<&Route> {
+        self.route.get()
+    }
+
+    /// Registers a subscriber and returns its starting snapshot; `None` if the entry is not
+    /// loaded or was deleted. Registering again only takes a new snapshot.
+    pub fn register(&self, id: SubscriberId, outlet: &Arc<dyn Outlet>, legacy: bool) -> Option<Snapshot> {
         if !self.is_ready() {
             return None;
         }
@@ -196,7 +142,7 @@ impl Entry {
         if st.deleted {
             return None;
         }
-        st.subscribers.insert(conn, tx.clone());
+        st.subscribers.entry(id).or_insert_with(|| outlet.clone());
         Some(snapshot(&mut st, legacy))
     }
 
@@ -212,22 +158,22 @@ impl Entry {
     }
 
     /// Returns whether that was the last subscriber.
-    fn unregister(&self, conn: ConnId) -> bool {
+    pub(crate) fn unregister(&self, id: SubscriberId) -> bool {
         let mut st = self.state.lock();
-        st.subscribers.remove(&conn).is_some() && st.subscribers.is_empty()
+        st.subscribers.remove(&id).is_some() && st.subscribers.is_empty()
     }
 
     fn subscriber_count(&self) -> usize {
         self.state.lock().subscribers.len()
     }
 
-    fn is_query(&self) -> bool {
-        self.state.lock().query.is_some()
+    fn query(&self) -> Option<String> {
+        self.state.lock().query.clone()
     }
 
     /// Applies an event under the lock and queues it to every subscriber. Returns the number of
     /// deliveries.
-    fn apply(&self, event_name: &str, payload: &[u8], metrics: &Metrics) -> usize {
+    pub(crate) fn apply(&self, event_name: &str, payload: &[u8], metrics: &Metrics) -> usize {
         let mut st = self.state.lock();
         // Resgate discards events that arrive before the get response: the response already
         // reflects them. The response is stored in wire order with the events (`Cache::fetch`).
@@ -249,7 +195,7 @@ impl Entry {
 
     fn apply_kind(&self, st: &mut EntryState, kind: EventKind) -> usize {
         let next = st.version + 1;
-        let mut ev = ResourceEvent::new(self.key.clone(), next, kind);
+        let mut ev = ResourceEvent::new(self.id, self.key.clone(), next, kind);
         match (&mut ev.kind, st.data.as_mut()) {
             (EventKind::Change(values), Some(ResourceData::Model(model))) => {
                 let mut applied = Vec::with_capacity(values.len());
@@ -321,8 +267,8 @@ impl Entry {
         }
         let ev = Arc::new(ev);
         let mut delivered = 0;
-        for tx in st.subscribers.values() {
-            if tx.send_event(&ev) {
+        for outlet in st.subscribers.values() {
+            if outlet.send_event(&ev) {
                 delivered += 1;
             }
         }
@@ -397,15 +343,16 @@ fn decode_event(name: &str, payload: &[u8], data: Option<&ResourceData>) -> Resu
 
 /// The result of loading a resource and everything it references.
 pub struct Graph {
-    /// Every loaded entry of the graph, keyed by resource ID (keeps them from eviction).
+    /// Every loaded entry of the graph, by the resource ID it was asked for (references as the
+    /// data spells them). Holding them keeps them from eviction.
     pub entries: HashMap<Arc<str>, Arc<Entry>>,
     pub errors: HashMap<Arc<str>, ResError>,
 }
 
 struct NameSub {
+    /// Every cache key of this name.
     keys: HashSet<Arc<str>>,
-    /// The event subscription's route, for requests whose replies must keep their place among
-    /// the events.
+    /// The event subscription's route, for replies that must keep their place among the events.
     ready: Arc<OnceCell<Result<Route, ResError>>>,
     task: Option<tokio::task::AbortHandle>,
 }
@@ -452,6 +399,11 @@ impl Cache {
         self.0.entries.lock().get(key).filter(|e| e.is_ready()).cloned()
     }
 
+    /// The route of `name`'s event subscription, if its events are subscribed.
+    pub fn route_of_name(&self, name: &str) -> Option<Route> {
+        self.0.names.lock().get(name)?.ready.get()?.as_ref().ok().cloned()
+    }
+
     /// Loads one resource (sharing an in-flight load), returning the ready entry.
     pub async fn load(&self, key: &str) -> Result<Arc<Entry>, ResError> {
         let entry = {
@@ -479,46 +431,76 @@ impl Cache {
     async fn fetch(&self, entry: &Arc<Entry>) -> Result<(), ResError> {
         let (name, query) = split_query(&entry.key);
         let route = self.ensure_event_subscription(name, &entry.key).await?;
+        let _ = entry.route.set(route.clone());
         // The reply is stored by the event task, between the events NATS delivered before it
         // (discarded) and those after (applied).
         let target = entry.clone();
-        let has_query = query.is_some();
-        let store = move |reply: Result<Bytes, ResError>| {
-            let result = service::decode_get(&reply?)?;
-            let mut st = target.state.lock();
-            st.query = if has_query { result.query } else { None };
-            st.data = Some(result.data);
-            Ok(())
+        let stored = Arc::new(Mutex::new(Err(ResError::internal("get reply not stored"))));
+        let outcome = stored.clone();
+        let store = move |reply: ServiceReply| {
+            let result = reply.map_err(ResError::from).and_then(|p| service::decode_get(&p)).map(|r| {
+                let mut st = target.state.lock();
+                st.query = r.query;
+                st.data = Some(r.data);
+            });
+            *outcome.lock() = result;
         };
-        self.0.nats.request_via("get", &format!("get.{name}"), service::get_request(query), &route, store).await?;
-        let normalized = entry.state.lock().query.clone();
-        if let Some(q) = &normalized {
-            // Queries that normalise alike share one entry, as in Resgate. The canonical key starts
-            // with NUL, which no resource ID can, so a client asking for the normalised query
-            // itself still gets a get request of its own (as with Resgate) before sharing.
-            let canonical: Arc<str> = Arc::from(format!("\0{name}?{q}"));
-            let mut entries = self.0.entries.lock();
-            match entries.get(&canonical) {
-                Some(existing) if !Arc::ptr_eq(existing, entry) && existing.is_ready() => {
-                    let existing = existing.clone();
-                    entries.insert(entry.key.clone(), existing.clone());
-                    existing.keys.lock().push(entry.key.clone());
-                    let _ = entry.alias.set(existing);
-                    return Ok(());
+        self.0
+            .nats
+            .request_ordered(
+                "get",
+                &format!("get.{name}"),
+                service::get_request(query),
+                move |_| vec![route],
+                WhenFull::Fail,
+                store,
+            )
+            .await?;
+        std::mem::replace(&mut *stored.lock(), Ok(()))?;
+        self.file_under_canonical_key(entry, name);
+        self.schedule_eviction(entry.key.clone());
+        Ok(())
+    }
+
+    /// Files a freshly loaded entry under the key its reply makes canonical (`name` for plain
+    /// resources, `name?normalised` for query resources), or aliases it to the entry already
+    /// there: as in Resgate, queries that normalise alike share one resource.
+    fn file_under_canonical_key(&self, entry: &Arc<Entry>, name: &str) {
+        let normalized = entry.query();
+        let canonical: Arc<str> = match &normalized {
+            Some(q) => Arc::from(format!("{name}?{q}")),
+            None => Arc::from(name),
+        };
+        let mut entries = self.0.entries.lock();
+        match entries.get(&canonical) {
+            Some(existing) if Arc::ptr_eq(existing, entry) => {}
+            Some(existing)
+                if existing.is_ready() && !existing.state.lock().deleted && existing.query() == normalized =>
+            {
+                let existing = existing.clone();
+                entries.insert(entry.key.clone(), existing.clone());
+                let mut keys = existing.keys.lock();
+                if !keys.contains(&entry.key) {
+                    keys.push(entry.key.clone());
                 }
-                Some(_) => {}
-                None => {
-                    entries.insert(canonical.clone(), entry.clone());
-                    entry.keys.lock().push(canonical.clone());
-                    drop(entries);
-                    if let Some(ns) = self.0.names.lock().get_mut(name) {
-                        ns.keys.insert(canonical);
-                    }
+                drop(keys);
+                let _ = entry.alias.set(existing);
+            }
+            // Free, or held by an entry still loading (it aliases to this one when it is done),
+            // or by one of another kind (this reply is the newer truth).
+            _ => {
+                entries.insert(canonical.clone(), entry.clone());
+                let mut keys = entry.keys.lock();
+                if !keys.contains(&canonical) {
+                    keys.push(canonical.clone());
+                }
+                drop(keys);
+                drop(entries);
+                if let Some(ns) = self.0.names.lock().get_mut(name) {
+                    ns.keys.insert(canonical);
                 }
             }
         }
-        self.schedule_eviction(entry.key.clone());
-        Ok(())
     }
 
     /// Removes every key that resolves to `entry`.
@@ -584,13 +566,24 @@ impl Cache {
         }
     }
 
+    /// The distinct entries cached under `name`'s keys.
+    fn entries_of(&self, name: &str) -> Vec<Arc<Entry>> {
+        let names = self.0.names.lock();
+        let entries = self.0.entries.lock();
+        let mut seen = HashSet::new();
+        names
+            .get(name)
+            .map(|ns| ns.keys.iter().filter_map(|k| entries.get(k)).filter(|e| seen.insert(e.id)).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Loads a resource and, recursively, every resource it references (hard references only).
     /// A failing referenced resource is reported in `errors`; only a failing root fails.
     pub async fn load_graph(&self, key: &str) -> Result<Graph, ResError> {
         let root = self.load(key).await?;
         let mut graph = Graph { entries: HashMap::new(), errors: HashMap::new() };
-        graph.entries.insert(root.key.clone(), root.clone());
         let mut frontier: Vec<Arc<str>> = root.references();
+        graph.entries.insert(Arc::from(key), root);
         let throttle = (self.0.reference_throttle > 0).then(|| Arc::new(Semaphore::new(self.0.reference_throttle)));
         while !frontier.is_empty() {
             let mut seen = HashSet::new();
@@ -623,9 +616,9 @@ impl Cache {
         Ok(graph)
     }
 
-    /// Unregisters a connection from an entry, scheduling eviction when it was the last.
-    pub fn unregister(&self, entry: &Arc<Entry>, conn: ConnId) {
-        if entry.unregister(conn) {
+    /// Unregisters a subscriber from an entry, scheduling eviction when it was the last.
+    pub fn unregister(&self, entry: &Arc<Entry>, id: SubscriberId) {
+        if entry.unregister(id) {
             self.schedule_eviction(entry.key.clone());
         }
     }
@@ -635,67 +628,113 @@ impl Cache {
     }
 
     pub fn subscription_count(&self) -> usize {
-        self.0.entries.lock().values().map(|e| e.subscriber_count()).sum()
+        let entries = self.0.entries.lock();
+        let mut seen = HashSet::new();
+        entries.values().filter(|e| seen.insert(e.id)).map(|e| e.subscriber_count()).sum()
     }
 
     /// Re-fetches every cached resource whose name matches one of `patterns` and turns the
     /// differences into events (system.reset, or after a NATS reconnect).
     pub async fn reset(&self, patterns: &[ResourcePattern]) {
-        let targets: Vec<Arc<Entry>> = self
-            .0
-            .entries
-            .lock()
-            .values()
-            .filter(|e| e.is_ready() && patterns.iter().any(|p| p.matches(e.name())))
-            .cloned()
-            .collect();
-        let mut seen = HashSet::new();
-        let targets: Vec<Arc<Entry>> = targets.into_iter().filter(|e| seen.insert(Arc::as_ptr(e) as usize)).collect();
+        let targets: Vec<Arc<Entry>> = {
+            let entries = self.0.entries.lock();
+            let mut seen = HashSet::new();
+            entries
+                .values()
+                .filter(|e| e.is_ready() && patterns.iter().any(|p| p.matches(e.name())) && seen.insert(e.id))
+                .cloned()
+                .collect()
+        };
         let throttle =
             Arc::new(Semaphore::new(if self.0.reset_throttle > 0 { self.0.reset_throttle } else { 1 << 20 }));
         let refreshes = targets.into_iter().map(|e| {
             let throttle = throttle.clone();
             async move {
                 let _permit = throttle.acquire().await.expect("semaphore never closed");
-                self.refresh(&e).await;
+                self.refetch(&e).await;
             }
         });
         futures_util::future::join_all(refreshes).await;
     }
 
-    async fn refresh(&self, entry: &Arc<Entry>) {
-        let (name, raw_query) = split_query(&entry.key);
-        // Evicted since the reset listed it: nothing left to refresh.
-        let Some(route) = self.event_route(name) else { return };
-        // As with the first get, the event task takes the reply in its wire-order place among the
+    /// Re-fetches an entry until a service answers, backing off while none does.
+    async fn refetch(&self, entry: &Arc<Entry>) {
+        if entry.refetching.swap(true, Ordering::AcqRel) {
+            entry.refetch_again.store(true, Ordering::Release);
+            return;
+        }
+        let mut backoff = REFETCH_BACKOFF;
+        loop {
+            entry.refetch_again.store(false, Ordering::Release);
+            match self.refetch_once(entry).await {
+                Refetch::Done if !entry.refetch_again.load(Ordering::Acquire) => break,
+                Refetch::Done | Refetch::Gone => {}
+                Refetch::Unanswered(e) => {
+                    self.0.metrics.cache_refetch_retries.inc();
+                    tracing::warn!(rid = %entry.key, error = %e, retry_in = ?backoff, "re-fetch unanswered; keeping the cached state");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(REFETCH_BACKOFF_MAX);
+                }
+            }
+            if !self.is_cached(entry) {
+                break;
+            }
+        }
+        entry.refetching.store(false, Ordering::Release);
+    }
+
+    fn is_cached(&self, entry: &Arc<Entry>) -> bool {
+        self.0.entries.lock().values().any(|e| Arc::ptr_eq(e, entry))
+    }
+
+    async fn refetch_once(&self, entry: &Arc<Entry>) -> Refetch {
+        // Evicted or deleted since: nothing left to refresh.
+        let Some(route) = entry.route().cloned().filter(|_| self.is_cached(entry)) else { return Refetch::Gone };
+        // With the normalised query the service gave, not the client's spelling.
+        let query = entry.query();
+        // As with the first get, the reply is taken in its wire-order place among the
         // resource's events: the diff then neither re-applies an event the reply already holds
         // nor reverts one the service sent after replying.
         let cache = self.clone();
         let target = entry.clone();
-        let on_reply = move |reply: Result<Bytes, ResError>| {
-            match reply.and_then(|p| service::decode_get(&p)) {
-                Ok(r) => cache.replace_data(&target, r.data),
-                Err(e) if e.code == code::NOT_FOUND => {
-                    let mut st = target.state.lock();
-                    target.apply_kind(&mut st, EventKind::Delete);
-                    drop(st);
-                    cache.remove_entry(&target);
-                }
-                Err(e) => return Err(e),
-            }
-            Ok(())
+        let unanswered = Arc::new(Mutex::new(None));
+        let outcome = unanswered.clone();
+        let on_reply = move |reply: ServiceReply| match classify(reply, service::decode_get) {
+            Answer::Data(r) => cache.replace_data(&target, r.data),
+            Answer::Deleted => cache.delete(&target),
+            Answer::Unanswered(e) => *outcome.lock() = Some(e),
+            Answer::Failed(e) => tracing::warn!(rid = %target.key, error = %e, "re-fetch after reset failed"),
         };
-        let subject = format!("get.{name}");
-        if let Err(e) =
-            self.0.nats.request_via("get", &subject, service::get_request(raw_query), &route, on_reply).await
-        {
-            tracing::warn!(rid = %entry.key, error = %e, "re-fetch after reset failed");
+        let subject = format!("get.{}", entry.name());
+        let sent = self
+            .0
+            .nats
+            .request_ordered(
+                "get",
+                &subject,
+                service::get_request(query.as_deref()),
+                move |_| vec![route],
+                WhenFull::Fail,
+                on_reply,
+            )
+            .await;
+        match sent {
+            Err(e) => Refetch::Unanswered(e),
+            Ok(()) => match unanswered.lock().take() {
+                Some(e) => Refetch::Unanswered(e),
+                None => Refetch::Done,
+            },
         }
     }
 
-    /// Where replies go to be handled in order with `name`'s events, if its events are subscribed.
-    fn event_route(&self, name: &str) -> Option<Route> {
-        self.0.names.lock().get(name)?.ready.get()?.as_ref().ok().cloned()
+    /// A service said the resource no longer exists: tell its subscribers and forget it.
+    fn delete(&self, entry: &Arc<Entry>) {
+        let n = {
+            let mut st = entry.state.lock();
+            if st.deleted || st.data.is_none() { 0 } else { entry.apply_kind(&mut st, EventKind::Delete) }
+        };
+        self.0.metrics.event_deliveries.inc_by(n as u64);
+        self.remove_entry(entry);
     }
 
     /// Replaces an entry's data with a new state, emitting the events between them.
@@ -715,6 +754,91 @@ impl Cache {
         }
         self.0.metrics.event_deliveries.inc_by(n as u64);
     }
+
+    /// A query event: one query request per normalised query of the name's query resources, in
+    /// parallel; each reply is applied as it comes, and the caller (the name's event task)
+    /// handles no other event until all are.
+    async fn query_event(&self, entries: &[Arc<Entry>], subject: &str) {
+        let mut by_query: HashMap<String, Vec<Arc<Entry>>> = HashMap::new();
+        for e in entries {
+            let st = e.state.lock();
+            // Entries still loading take the change through their get reply.
+            if let (Some(q), Some(_), false) = (&st.query, &st.data, st.deleted) {
+                by_query.entry(q.clone()).or_default().push(e.clone());
+            }
+        }
+        let mut requests: futures_util::stream::FuturesUnordered<_> = by_query
+            .into_iter()
+            .map(|(query, targets)| async move {
+                let mut payload = b"{\"query\":".to_vec();
+                write_str(&mut payload, &query);
+                payload.push(b'}');
+                (targets, self.0.nats.request("query", subject, payload).await)
+            })
+            .collect();
+        while let Some((targets, reply)) = requests.next().await {
+            for entry in targets {
+                self.apply_query_reply(&entry, reply.clone());
+            }
+        }
+    }
+
+    fn apply_query_reply(&self, entry: &Arc<Entry>, reply: ServiceReply) {
+        match classify(reply, service::decode_query_response) {
+            Answer::Data(QueryResult::Events(events)) => {
+                for ev in events {
+                    let payload = ev.data.as_ref().map(|d| d.get().as_bytes()).unwrap_or(b"");
+                    if ev.event == "delete" {
+                        return self.delete(entry);
+                    }
+                    entry.apply(&ev.event, payload, &self.0.metrics);
+                }
+            }
+            Answer::Data(QueryResult::Data(data)) => self.replace_data(entry, data),
+            Answer::Deleted => self.delete(entry),
+            Answer::Unanswered(e) => self.refetch_later(entry, &e),
+            Answer::Failed(e) => self.refetch_later(entry, &e),
+        }
+    }
+
+    /// The change a query event announced is unknown: re-fetch the state instead (Resgate only
+    /// logs, leaving the resource stale until the next reset).
+    fn refetch_later(&self, entry: &Arc<Entry>, error: &dyn std::fmt::Display) {
+        tracing::warn!(rid = %entry.key, %error, "query request failed; re-fetching the resource");
+        let cache = self.clone();
+        let entry = entry.clone();
+        tokio::spawn(async move { cache.refetch(&entry).await });
+    }
+}
+
+enum Refetch {
+    Done,
+    /// Evicted or deleted meanwhile.
+    Gone,
+    Unanswered(RequestError),
+}
+
+/// How a service answered a request about a resource it had served before.
+enum Answer<T> {
+    Data(T),
+    /// The service said `system.notFound`.
+    Deleted,
+    /// No service answered (none listening, or none in time): an outage, not a verdict.
+    Unanswered(RequestError),
+    Failed(ResError),
+}
+
+fn classify<T>(reply: ServiceReply, decode: impl FnOnce(&[u8]) -> Result<T, ResError>) -> Answer<T> {
+    match reply {
+        Err(RequestError::Res(e)) if e.code == code::TIMEOUT => Answer::Unanswered(RequestError::Res(e)),
+        Err(RequestError::Res(e)) => Answer::Failed(e),
+        Err(e @ RequestError::NoResponders) => Answer::Unanswered(e),
+        Ok(payload) => match decode(&payload) {
+            Ok(t) => Answer::Data(t),
+            Err(e) if e.code == code::NOT_FOUND => Answer::Deleted,
+            Err(e) => Answer::Failed(e),
+        },
+    }
 }
 
 /// Receives a resource name's events and applies them, in order.
@@ -726,70 +850,26 @@ async fn name_events(cache: std::sync::Weak<Inner>, name: String, mut sub: Subsc
         let Some(event) = msg.subject.get(prefix_len..) else { continue };
         cache.0.metrics.events_received.inc();
         tracing::trace!(subject = %msg.subject, payload = %String::from_utf8_lossy(&msg.payload), "event");
-        let keys: Vec<Arc<Entry>> = {
-            let names = cache.0.names.lock();
-            let entries = cache.0.entries.lock();
-            names
-                .get(&name)
-                .map(|ns| ns.keys.iter().filter_map(|k| entries.get(k).cloned()).collect())
-                .unwrap_or_default()
-        };
+        let targets = cache.entries_of(&name);
         if event == "query" {
             match serde_json::from_slice::<service::QueryEvent>(&msg.payload) {
-                Ok(q) => {
-                    for e in keys.iter().filter(|e| e.is_query()) {
-                        cache.query_event(e, &q.subject).await;
-                    }
-                }
+                Ok(q) => cache.query_event(&targets, &q.subject).await,
                 Err(e) => tracing::warn!(resource = %name, error = %e, "invalid query event"),
             }
             continue;
         }
-        let mut deleted = Vec::new();
-        for e in keys.iter().filter(|e| !e.is_query() || event == "reaccess") {
+        // Plain events go to the plain resource, not to query resources (a resource fetched
+        // without a query that the service answered as a query resource included); `reaccess`
+        // goes to every one: Resgate skips query resources there, leaving their access unchecked.
+        for e in targets.iter().filter(|e| event == "reaccess" || e.query().is_none()) {
             e.apply(event, &msg.payload, &cache.0.metrics);
-            if event == "delete" {
-                deleted.push(e.clone());
+            if event == "delete" && e.state.lock().deleted {
+                cache.remove_entry(e);
             }
-        }
-        for e in deleted {
-            cache.remove_entry(&e);
         }
     }
 }
 
-impl Cache {
-    async fn query_event(&self, entry: &Arc<Entry>, subject: &str) {
-        let Some(query) = entry.state.lock().query.clone() else { return };
-        let mut payload = b"{\"query\":".to_vec();
-        write_str(&mut payload, &query);
-        payload.push(b'}');
-        let result =
-            self.0.nats.request("query", subject, payload).await.and_then(|p| service::decode_query_response(&p));
-        match result {
-            Ok(QueryResult::Events(events)) => {
-                for ev in events {
-                    let payload = ev.data.as_ref().map(|d| d.get().as_bytes()).unwrap_or(b"");
-                    if ev.event == "delete" {
-                        entry.apply("delete", payload, &self.0.metrics);
-                        self.remove_entry(entry);
-                        return;
-                    }
-                    entry.apply(&ev.event, payload, &self.0.metrics);
-                }
-            }
-            Ok(QueryResult::Data(data)) => self.replace_data(entry, data),
-            Err(e) if e.code == code::NOT_FOUND => {
-                entry.apply("delete", b"", &self.0.metrics);
-                self.remove_entry(entry);
-            }
-            Err(e) => tracing::warn!(rid = %entry.key, error = %e, "query request failed"),
-        }
-    }
-}
-
-/// Evicts entries `unsubscribe_delay` after they lost their last subscriber, unless something
-/// still holds them (a request in flight) — those are checked again later.
 async fn evictor(cache: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -832,6 +912,3 @@ async fn evictor(cache: std::sync::Weak<Inner>) {
         }
     }
 }
-
-#[doc(hidden)]
-pub mod bench;

@@ -6,159 +6,44 @@
 //! the same inbox the cache fans events into — so everything the client sees is produced in one
 //! order by one task.
 //!
-//! Subscriptions: a resource is subscribed on the connection while it is reachable, through hard
-//! references, from a directly subscribed resource. Reachability is recomputed (mark and sweep)
-//! whenever a direct subscription or a reference goes away, which also handles cycles.
+//! Subscriptions are keyed by resource ID as the client knows it — its own spelling for direct
+//! subscriptions, the data's for references — as Resgate keys them: two spellings of one query
+//! resource are two subscriptions on the same cache entry, each sent and evented under its own
+//! ID. A resource is subscribed while it is reachable, through hard references, from a directly
+//! subscribed one. Reachability is recomputed (mark and sweep) whenever a direct subscription
+//! or a reference goes away, which also handles cycles.
 //!
 //! When producing a frame needs resources that are not loaded yet (a subscribe that raced a
 //! change, or a change event adding a reference), the connection loads them and queues every
 //! other inbox message meanwhile, so the client never sees an event before the resources it
 //! refers to, nor events out of order.
+//!
+//! Replies to calls and auths reach the inbox only after the events NATS delivered before them
+//! for every resource the connection holds, and after its token events (`Shared::call_ordered`):
+//! the connection registers its hold on an entry before registering on the entry itself.
 
-use crate::cache::text;
-use crate::cache::{Entry, EventKind, Graph, ResourceEvent};
-use crate::server::Shared;
+use crate::cache::{Entry, Graph};
+use crate::event::{EventKind, Outlet, ResourceEvent, text};
+use crate::inbox::{Completion, ConnId, ConnMsg, ConnTx, Loaded, Mode};
+use crate::shared::Shared;
 use bytes::Bytes;
 use res_protocol::client::{self, Method};
 use res_protocol::json::write_str;
-use res_protocol::pattern::ResourcePattern;
 use res_protocol::rid::replace_cid;
 use res_protocol::service::{Access, CallResult, HttpContext, RequestFields, SystemTokenReset, TokenEvent};
 use res_protocol::{ProtocolVersion, ResError, code};
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
-use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::Instrument;
-
-pub type ConnId = u64;
 
 /// Maximum direct subscriptions of one resource per connection, as in Resgate.
 const MAX_DIRECT_SUBSCRIPTIONS: u32 = 256;
 
-/// What reaches a connection task from the rest of the gateway.
-///
-/// Kept to two words: a connection's inbox allocates its slots in blocks of 32 from the start,
-/// so every idle connection holds 32 of these. Larger payloads are boxed.
-pub enum ConnMsg {
-    Event(Arc<ResourceEvent>),
-    Done(Box<Completion>),
-    Token(Box<TokenEvent>),
-    TokenReset(Arc<SystemTokenReset>),
-    AccessReset(Arc<Vec<ResourcePattern>>),
-    /// Marks a point in the message order (see `Shared::collect_token`).
-    Fence,
-    /// Missing resources finished loading for the blocked operation.
-    Unblock(Box<Loaded>),
-}
-
-const _: () = assert!(std::mem::size_of::<ConnMsg>() <= 16, "ConnMsg grew: box the new variant's payload");
-
-/// Resources loaded for a blocked operation: the entries, and the errors of those that failed.
-pub struct Loaded {
-    pins: Vec<Arc<Entry>>,
-    errors: HashMap<Arc<str>, ResError>,
-}
-
-/// State shared between a connection task and those who queue to it.
-struct TxShared {
-    queued: AtomicUsize,
-    limit: usize,
-    slow: AtomicBool,
-    kill: Notify,
-}
-
-/// The sending side of a connection's inbox, with a byte budget for events: a client that
-/// cannot keep up is cut off instead of growing the gateway's memory.
-#[derive(Clone)]
-pub struct ConnTx {
-    tx: mpsc::UnboundedSender<ConnMsg>,
-    shared: Arc<TxShared>,
-}
-
-impl ConnTx {
-    pub fn new(limit: usize) -> (ConnTx, mpsc::UnboundedReceiver<ConnMsg>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(TxShared {
-            queued: AtomicUsize::new(0),
-            limit,
-            slow: AtomicBool::new(false),
-            kill: Notify::new(),
-        });
-        (ConnTx { tx, shared }, rx)
-    }
-
-    /// Queues an event; `false` when the connection is gone or over its budget.
-    pub fn send_event(&self, ev: &Arc<ResourceEvent>) -> bool {
-        if self.shared.slow.load(Ordering::Relaxed) {
-            return false;
-        }
-        let cost = ev.cost();
-        let queued = self.shared.queued.fetch_add(cost, Ordering::Relaxed) + cost;
-        if queued > self.shared.limit {
-            if !self.shared.slow.swap(true, Ordering::Relaxed) {
-                self.shared.kill.notify_one();
-            }
-            return false;
-        }
-        self.tx.send(ConnMsg::Event(ev.clone())).is_ok()
-    }
-
-    pub fn send(&self, msg: ConnMsg) -> bool {
-        self.tx.send(msg).is_ok()
-    }
-
-    fn consumed(&self, cost: usize) {
-        self.shared.queued.fetch_sub(cost, Ordering::Relaxed);
-    }
-
-    pub async fn killed(&self) {
-        self.shared.kill.notified().await;
-    }
-}
-
-/// How a loaded resource graph is used once the connection gets it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Subscribe,
-    Get,
-    /// The resource of a call/auth/new resource response: subscribed, answered with its rid.
-    CallResource,
-}
-
-/// A request task's outcome.
-pub enum Completion {
-    /// Access (if it had to be asked) and the resource graph.
-    Resource {
-        id: u64,
-        mode: Mode,
-        client_rid: Arc<str>,
-        key: Arc<str>,
-        access: Option<Result<Access, ResError>>,
-        graph: Result<Graph, ResError>,
-        started: Instant,
-        label: &'static str,
-    },
-    /// A call, auth or new request answered by the service.
-    Call {
-        id: u64,
-        key: Arc<str>,
-        access: Option<Result<Access, ResError>>,
-        result: Result<CallResult, ResError>,
-        is_new: bool,
-        started: Instant,
-        label: &'static str,
-    },
-    /// A re-done access check (after reaccess or a token change).
-    Access { key: Arc<str>, result: Result<Access, ResError> },
-}
-
 struct Sub {
     entry: Arc<Entry>,
-    client_rid: Arc<str>,
     direct: u32,
     refs: Vec<Arc<str>>,
     version: u64,
@@ -167,35 +52,41 @@ struct Sub {
     unsent: Option<(bool, Bytes)>,
 }
 
+/// Resources loaded for an operation, by the resource ID they were asked for.
+type Pins = HashMap<Arc<str>, Arc<Entry>>;
+/// Resources that failed to load, by resource ID.
+type Errors = HashMap<Arc<str>, ResError>;
+
 /// What to write once every resource reachable from `roots` is attached.
 enum Pending {
     Reply {
         id: u64,
         mode: Mode,
-        client_rid: Arc<str>,
-        key: Arc<str>,
+        rid: Arc<str>,
         access: Option<Access>,
         errors: HashMap<Arc<str>, ResError>,
-        pins: Vec<Arc<Entry>>,
+        pins: HashMap<Arc<str>, Arc<Entry>>,
         started: Instant,
         label: &'static str,
     },
+    /// An event adding references, for each subscription of its entry that takes it.
     Event {
         ev: Arc<ResourceEvent>,
+        rids: Vec<Arc<str>>,
         errors: HashMap<Arc<str>, ResError>,
-        pins: Vec<Arc<Entry>>,
+        pins: HashMap<Arc<str>, Arc<Entry>>,
     },
 }
 
 impl Pending {
     fn roots(&self) -> Vec<Arc<str>> {
         match self {
-            Pending::Reply { key, .. } => vec![key.clone()],
+            Pending::Reply { rid, .. } => vec![rid.clone()],
             Pending::Event { ev, .. } => ev.added_refs.clone(),
         }
     }
 
-    fn parts(&mut self) -> (&mut HashMap<Arc<str>, ResError>, &mut Vec<Arc<Entry>>) {
+    fn parts(&mut self) -> (&mut Errors, &mut Pins) {
         match self {
             Pending::Reply { errors, pins, .. } | Pending::Event { errors, pins, .. } => (errors, pins),
         }
@@ -208,14 +99,16 @@ pub struct Conn {
     pub cid: Arc<str>,
     shared: Arc<Shared>,
     tx: ConnTx,
+    /// Where the cache queues this connection's events (its inbox).
+    outlet: Arc<dyn Outlet>,
     version: ProtocolVersion,
     token: Option<Arc<RawValue>>,
     tid: Option<String>,
     http: Arc<HttpContext>,
+    /// Subscriptions by resource ID as the client knows it.
     subs: HashMap<Arc<str>, Sub>,
-    /// Resource IDs the cache resolved to another entry's ID (query resources whose queries
-    /// normalise to the same one): requested ID → the entry's ID, which keys `subs`.
-    aliases: HashMap<Arc<str>, Arc<str>>,
+    /// The subscriptions on each held cache entry, by entry id: the entry's events go to each.
+    by_entry: HashMap<u64, Arc<[Arc<str>]>>,
     blocked: Option<Pending>,
     queue: VecDeque<ConnMsg>,
     /// Frames to write.
@@ -228,13 +121,14 @@ impl Conn {
             id,
             cid,
             shared,
+            outlet: Arc::new(tx.clone()),
             tx,
             version: ProtocolVersion::LEGACY_DEFAULT,
             token: None,
             tid: None,
             http: Arc::new(http),
             subs: HashMap::new(),
-            aliases: HashMap::new(),
+            by_entry: HashMap::new(),
             blocked: None,
             queue: VecDeque::new(),
             out: Vec::new(),
@@ -330,12 +224,9 @@ impl Conn {
         }
     }
 
+    /// The resource ID as services see it (`{cid}` replaced): the cache key.
     fn key_of(&self, rid: &str) -> Arc<str> {
-        self.resolve(&Arc::from(replace_cid(rid, &self.cid).as_ref()))
-    }
-
-    fn resolve(&self, key: &Arc<str>) -> Arc<str> {
-        self.aliases.get(key).cloned().unwrap_or_else(|| key.clone())
+        Arc::from(replace_cid(rid, &self.cid).as_ref())
     }
 
     fn request_fields<'a>(&'a self, query: Option<&'a str>, params: Option<&'a RawValue>) -> RequestFields<'a> {
@@ -343,35 +234,34 @@ impl Conn {
     }
 
     fn resource_request(&mut self, id: u64, rid: &str, mode: Mode, started: Instant) {
-        let key = self.key_of(rid);
-        if mode == Mode::Subscribe && self.subs.get(&key).is_some_and(|s| s.direct >= MAX_DIRECT_SUBSCRIPTIONS) {
+        let rid: Arc<str> = Arc::from(rid);
+        if mode == Mode::Subscribe && self.subs.get(&rid).is_some_and(|s| s.direct >= MAX_DIRECT_SUBSCRIPTIONS) {
             return self.reply_error(id, &ResError::subscription_limit_exceeded());
         }
-        let cached = self.subs.get(&key).and_then(|s| s.access.clone());
+        let cached = self.subs.get(&rid).and_then(|s| s.access.clone());
         if mode == Mode::Get && self.blocked.is_none() && cached.as_ref().is_some_and(|a| a.get) {
             // A get of a resource this connection already holds, with read access cached: the
             // answer comes from the connection's own state (the resources it has not sent yet),
             // so it is written here, without a request task and a round trip through the inbox.
-            let errors = HashMap::new();
             let p = Pending::Reply {
                 id,
                 mode,
-                client_rid: Arc::from(rid),
-                key,
+                rid,
                 access: None,
-                errors,
-                pins: Vec::new(),
+                errors: HashMap::new(),
+                pins: HashMap::new(),
                 started,
                 label: "get",
             };
             return self.run_pending(p);
         }
-        let access_payload = cached.is_none().then(|| self.access_payload(&key));
-        self.spawn_resource(id, mode, Arc::from(rid), key, access_payload, cached, started, mode_label(mode));
+        let access_payload = cached.is_none().then(|| self.access_payload(&rid));
+        self.spawn_resource(id, mode, rid, access_payload, cached, started, mode_label(mode));
     }
 
-    fn access_payload(&self, key: &str) -> Vec<u8> {
-        let (_, query) = res_protocol::rid::split_query(key);
+    fn access_payload(&self, rid: &str) -> Vec<u8> {
+        let key = self.key_of(rid);
+        let (_, query) = res_protocol::rid::split_query(&key);
         self.request_fields(query, None).encode()
     }
 
@@ -380,8 +270,7 @@ impl Conn {
         &self,
         id: u64,
         mode: Mode,
-        client_rid: Arc<str>,
-        key: Arc<str>,
+        rid: Arc<str>,
         access_payload: Option<Vec<u8>>,
         cached: Option<Access>,
         started: Instant,
@@ -389,6 +278,7 @@ impl Conn {
     ) {
         let shared = self.shared.clone();
         let tx = self.tx.clone();
+        let key = self.key_of(&rid);
         tokio::spawn(
             async move {
                 let access = async {
@@ -398,16 +288,7 @@ impl Conn {
                     }
                 };
                 let (access, graph) = tokio::join!(access, shared.cache.load_graph(&key));
-                tx.send(ConnMsg::Done(Box::new(Completion::Resource {
-                    id,
-                    mode,
-                    client_rid,
-                    key,
-                    access,
-                    graph,
-                    started,
-                    label,
-                })));
+                tx.send(ConnMsg::Done(Box::new(Completion::Resource { id, mode, rid, access, graph, started, label })));
             }
             .in_current_span(),
         );
@@ -418,8 +299,7 @@ impl Conn {
             Ok(c) => c,
             Err(e) => return self.reply_error(id, &e),
         };
-        let key = self.key_of(rid);
-        match self.subs.get_mut(&key) {
+        match self.subs.get_mut(rid) {
             Some(sub) if sub.direct >= count => {
                 sub.direct -= count;
                 if sub.direct == 0 {
@@ -433,10 +313,11 @@ impl Conn {
     }
 
     fn call(&mut self, id: u64, rid: &str, method: &str, params: Option<&RawValue>, is_new: bool, started: Instant) {
-        let key = self.key_of(rid);
+        let rid: Arc<str> = Arc::from(rid);
+        let key = self.key_of(&rid);
         let (name, query) = res_protocol::rid::split_query(&key);
-        let cached = self.subs.get(&key).and_then(|s| s.access.clone());
-        let access_payload = cached.is_none().then(|| self.access_payload(&key));
+        let cached = self.subs.get(&rid).and_then(|s| s.access.clone());
+        let access_payload = cached.is_none().then(|| self.access_payload(&rid));
         let subject = format!("call.{name}.{method}");
         if !self.shared.nats.subject_fits(subject.len()) {
             // Checked before the access request, which has a shorter subject.
@@ -457,29 +338,25 @@ impl Conn {
                     Some(Err(e)) => Err(e.clone()),
                     _ => Err(ResError::access_denied()),
                 };
-                let result = match allowed {
-                    Ok(()) => shared.call(&subject, payload).await,
-                    Err(e) => Err(e),
+                let done = move |tx: &ConnTx, result| {
+                    let c = Completion::Call { id, rid, access, result, is_new, started, label: "call" };
+                    tx.send(ConnMsg::Done(Box::new(c)));
                 };
-                shared.after_conn_events(
-                    &tx,
-                    ConnMsg::Done(Box::new(Completion::Call {
-                        id,
-                        key,
-                        access,
-                        result,
-                        is_new,
-                        started,
-                        label: "call",
-                    })),
-                );
+                match allowed {
+                    Ok(()) => {
+                        let conn = tx.clone();
+                        shared.call_ordered(&subject, payload, Some(&conn), &key, move |(r, _)| done(&tx, r)).await;
+                    }
+                    Err(e) => done(&tx, Err(e)),
+                }
             }
             .in_current_span(),
         );
     }
 
     fn auth(&mut self, id: u64, rid: &str, method: &str, params: Option<&RawValue>, started: Instant) {
-        let key = self.key_of(rid);
+        let rid: Arc<str> = Arc::from(rid);
+        let key = self.key_of(&rid);
         let (name, query) = res_protocol::rid::split_query(&key);
         let subject = format!("auth.{name}.{method}");
         if !self.shared.nats.subject_fits(subject.len()) {
@@ -490,20 +367,14 @@ impl Conn {
         let tx = self.tx.clone();
         tokio::spawn(
             async move {
-                let result = shared.call(&subject, payload).await;
-                // Behind any token event the service sent before replying (see `after_conn_events`).
-                shared.after_conn_events(
-                    &tx,
-                    ConnMsg::Done(Box::new(Completion::Call {
-                        id,
-                        key,
-                        access: None,
-                        result,
-                        is_new: false,
-                        started,
-                        label: "auth",
-                    })),
-                );
+                let conn = tx.clone();
+                shared
+                    .call_ordered(&subject, payload, Some(&conn), &key, move |(result, _)| {
+                        let c =
+                            Completion::Call { id, rid, access: None, result, is_new: false, started, label: "auth" };
+                        tx.send(ConnMsg::Done(Box::new(c)));
+                    })
+                    .await;
             }
             .in_current_span(),
         );
@@ -546,67 +417,57 @@ impl Conn {
             ConnMsg::Token(t) => self.token_event(*t),
             ConnMsg::TokenReset(r) => self.token_reset(&r),
             ConnMsg::AccessReset(patterns) => {
-                let keys: Vec<Arc<str>> = self
+                let rids: Vec<Arc<str>> = self
                     .subs
                     .iter()
                     .filter(|(_, s)| patterns.iter().any(|p| p.matches(s.entry.name())))
                     .map(|(k, _)| k.clone())
                     .collect();
-                for k in keys {
-                    self.reaccess(&k);
+                for rid in rids {
+                    self.reaccess(&rid);
                 }
             }
-            ConnMsg::Unblock(_) | ConnMsg::Fence => {}
+            ConnMsg::Unblock(_) => {}
         }
     }
 
     fn completion(&mut self, c: Completion) {
         match c {
-            Completion::Resource { id, mode, client_rid, key, access, graph, started, label } => {
+            Completion::Resource { id, mode, rid, access, graph, started, label } => {
                 let access = match access {
                     Some(Ok(a)) if a.get => Some(a),
                     Some(Ok(_)) => {
-                        return self.resource_denied(id, mode, &client_rid, ResError::access_denied(), started, label);
+                        return self.resource_denied(id, mode, &rid, ResError::access_denied(), started, label);
                     }
-                    Some(Err(e)) => return self.resource_denied(id, mode, &client_rid, e, started, label),
+                    Some(Err(e)) => return self.resource_denied(id, mode, &rid, e, started, label),
                     None => None,
                 };
                 let graph = match graph {
                     Ok(g) => g,
                     Err(e) => {
                         if mode == Mode::CallResource {
-                            return self.resource_denied(id, mode, &client_rid, e, started, label);
+                            return self.resource_denied(id, mode, &rid, e, started, label);
                         }
                         self.observe(label, started);
                         return self.reply_error(id, &e);
                     }
                 };
-                let pins = graph.entries.into_values().collect();
-                self.run_pending(Pending::Reply {
-                    id,
-                    mode,
-                    client_rid,
-                    key,
-                    access,
-                    errors: graph.errors,
-                    pins,
-                    started,
-                    label,
-                });
+                let Graph { entries: pins, errors } = graph;
+                self.run_pending(Pending::Reply { id, mode, rid, access, errors, pins, started, label });
             }
-            Completion::Call { id, key, access, result, is_new, started, label } => {
-                if let (Some(Ok(a)), Some(sub)) = (access, self.subs.get_mut(&key)) {
+            Completion::Call { id, rid, access, result, is_new, started, label } => {
+                if let (Some(Ok(a)), Some(sub)) = (access, self.subs.get_mut(&rid)) {
                     sub.access = Some(a);
                 }
                 self.call_result(id, result, is_new, started, label);
             }
-            Completion::Access { key, result } => {
-                let Some(sub) = self.subs.get_mut(&key) else { return };
+            Completion::Access { rid, result } => {
+                let Some(sub) = self.subs.get_mut(&rid) else { return };
                 match result {
                     Ok(a) if a.get => sub.access = Some(a),
-                    Ok(_) => self.revoke(&key, ResError::access_denied()),
-                    Err(e) if e.code == code::ACCESS_DENIED || e.code == code::NOT_FOUND => self.revoke(&key, e),
-                    Err(e) => tracing::debug!(rid = %key, error = %e, "access re-check failed; keeping subscription"),
+                    Ok(_) => self.revoke(&rid, ResError::access_denied()),
+                    Err(e) if e.code == code::ACCESS_DENIED || e.code == code::NOT_FOUND => self.revoke(&rid, e),
+                    Err(e) => tracing::debug!(%rid, error = %e, "access re-check failed; keeping subscription"),
                 }
             }
         }
@@ -681,10 +542,10 @@ impl Conn {
                     res.push(b'}');
                     return self.push(client::result_frame(id, &res));
                 }
-                let key = self.resolve(&Arc::from(rid.as_str()));
-                let cached = self.subs.get(&key).and_then(|s| s.access.clone());
-                let access_payload = cached.is_none().then(|| self.access_payload(&key));
-                self.spawn_resource(id, Mode::CallResource, key.clone(), key, access_payload, cached, started, label);
+                let rid: Arc<str> = Arc::from(rid.as_str());
+                let cached = self.subs.get(&rid).and_then(|s| s.access.clone());
+                let access_payload = cached.is_none().then(|| self.access_payload(&rid));
+                self.spawn_resource(id, Mode::CallResource, rid, access_payload, cached, started, label);
             }
         }
     }
@@ -709,12 +570,12 @@ impl Conn {
         let cache = self.shared.cache.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let mut pins = Vec::new();
+            let mut pins = HashMap::new();
             let mut errors = HashMap::new();
             for key in missing {
                 match cache.load_graph(&key).await {
                     Ok(g) => {
-                        pins.extend(g.entries.into_values());
+                        pins.extend(g.entries);
                         errors.extend(g.errors);
                     }
                     Err(e) => {
@@ -726,61 +587,76 @@ impl Conn {
         });
     }
 
-    /// Registers this connection on every unattached resource reachable from `roots`. Returns
-    /// the resources that are not loaded.
+    /// Subscribes (indirectly, for now) every unattached resource reachable from `roots`.
+    /// Returns the cache keys of those that are not loaded.
     fn attach(
         &mut self,
         roots: &[Arc<str>],
         errors: &HashMap<Arc<str>, ResError>,
-        pins: &[Arc<Entry>],
+        pins: &HashMap<Arc<str>, Arc<Entry>>,
     ) -> Vec<Arc<str>> {
         let mut missing = Vec::new();
         let mut visited = HashSet::new();
         let mut stack: Vec<Arc<str>> = roots.to_vec();
         let legacy = self.legacy();
-        while let Some(k) = stack.pop() {
-            if errors.contains_key(&k) {
+        while let Some(rid) = stack.pop() {
+            if errors.contains_key(&rid) || !visited.insert(rid.clone()) {
                 continue;
             }
-            let k = self.resolve(&k);
-            if !visited.insert(k.clone()) {
-                continue;
-            }
-            if let Some(sub) = self.subs.get(&k) {
+            if let Some(sub) = self.subs.get(&rid) {
                 stack.extend(sub.refs.iter().cloned());
                 continue;
             }
-            let entry = pins.iter().find(|e| e.key == k).cloned().or_else(|| self.shared.cache.get_ready(&k));
+            let key = self.key_of(&rid);
+            let entry = pins.get(&key).cloned().or_else(|| self.shared.cache.get_ready(&key));
             let Some(entry) = entry else {
-                missing.push(k);
+                missing.push(key);
                 continue;
             };
-            if entry.key != k {
-                self.aliases.insert(k.clone(), entry.key.clone());
-                if self.subs.contains_key(&entry.key) {
-                    continue;
-                }
+            let held = self.by_entry.contains_key(&entry.id);
+            if !held {
+                self.tx.hold(&entry);
             }
-            match entry.register(self.id, &self.tx, legacy) {
+            match entry.register(self.id, &self.outlet, legacy) {
                 Some(snap) => {
                     stack.extend(snap.refs.iter().cloned());
-                    self.subs.insert(
-                        entry.key.clone(),
-                        Sub {
-                            entry,
-                            client_rid: k,
-                            direct: 0,
-                            refs: snap.refs,
-                            version: snap.version,
-                            access: None,
-                            unsent: Some((snap.is_model, snap.json)),
-                        },
-                    );
+                    let rids = self.by_entry.remove(&entry.id);
+                    let rids: Vec<Arc<str>> =
+                        rids.iter().flat_map(|r| r.iter().cloned()).chain([rid.clone()]).collect();
+                    self.by_entry.insert(entry.id, rids.into());
+                    let sub = Sub {
+                        entry,
+                        direct: 0,
+                        refs: snap.refs,
+                        version: snap.version,
+                        access: None,
+                        unsent: Some((snap.is_model, snap.json)),
+                    };
+                    self.subs.insert(rid, sub);
                 }
-                None => missing.push(k),
+                None => {
+                    if !held {
+                        self.tx.let_go(entry.id);
+                    }
+                    missing.push(key);
+                }
             }
         }
         missing
+    }
+
+    /// Drops a subscription, and the connection's registration on its entry with the last one.
+    fn remove_sub(&mut self, rid: &Arc<str>) {
+        let Some(sub) = self.subs.remove(rid) else { return };
+        let id = sub.entry.id;
+        let rest: Vec<Arc<str>> =
+            self.by_entry.remove(&id).iter().flat_map(|r| r.iter()).filter(|r| *r != rid).cloned().collect();
+        if rest.is_empty() {
+            self.tx.let_go(id);
+            self.shared.cache.unregister(&sub.entry, self.id);
+        } else {
+            self.by_entry.insert(id, rest.into());
+        }
     }
 
     /// Writes `"models":{..},"collections":{..},"errors":{..}` (each only when not empty) for
@@ -796,20 +672,19 @@ impl Conn {
         let mut errs = Vec::new();
         let mut visited = HashSet::new();
         let mut stack: Vec<Arc<str>> = roots.to_vec();
-        while let Some(k) = stack.pop() {
-            let k = if errors.contains_key(&k) { k } else { self.resolve(&k) };
-            if !visited.insert(k.clone()) {
+        while let Some(rid) = stack.pop() {
+            if !visited.insert(rid.clone()) {
                 continue;
             }
-            if let Some(e) = errors.get(&k) {
-                if !self.subs.contains_key(&k) {
-                    errs.push((k, e.to_json()));
+            if let Some(e) = errors.get(&rid) {
+                if !self.subs.contains_key(&rid) {
+                    errs.push((rid, e.to_json()));
                 }
                 continue;
             }
-            let Some(sub) = self.subs.get_mut(&k) else { continue };
+            let Some(sub) = self.subs.get_mut(&rid) else { continue };
             if let Some((is_model, json)) = sub.unsent.take() {
-                if is_model { &mut models } else { &mut collections }.push((sub.client_rid.clone(), json));
+                if is_model { &mut models } else { &mut collections }.push((rid, json));
                 stack.extend(sub.refs.iter().cloned());
             }
         }
@@ -828,13 +703,8 @@ impl Conn {
 
     fn emit(&mut self, p: Pending) {
         match p {
-            Pending::Reply { id, mode, client_rid, key, access, errors, pins: _, started, label } => {
-                let key = self.resolve(&key);
-                if let Some(sub) = self.subs.get_mut(&key) {
-                    // A {cid}-tagged subscription keeps the rid the client used.
-                    if sub.unsent.is_some() {
-                        sub.client_rid = client_rid.clone();
-                    }
+            Pending::Reply { id, mode, rid, access, errors, pins: _, started, label } => {
+                if let Some(sub) = self.subs.get_mut(&rid) {
                     if mode != Mode::Get {
                         sub.direct += 1;
                     }
@@ -846,16 +716,16 @@ impl Conn {
                 res.push(b'{');
                 let wrote = if mode == Mode::CallResource {
                     res.extend_from_slice(b"\"rid\":");
-                    write_str(&mut res, &client_rid);
+                    write_str(&mut res, &rid);
                     let mut set = Vec::new();
-                    let wrote = self.write_resource_set(&mut set, std::slice::from_ref(&key), &errors);
+                    let wrote = self.write_resource_set(&mut set, std::slice::from_ref(&rid), &errors);
                     if wrote {
                         res.push(b',');
                         res.extend_from_slice(&set);
                     }
                     wrote
                 } else {
-                    self.write_resource_set(&mut res, std::slice::from_ref(&key), &errors)
+                    self.write_resource_set(&mut res, std::slice::from_ref(&rid), &errors)
                 };
                 res.push(b'}');
                 self.observe(label, started);
@@ -866,21 +736,24 @@ impl Conn {
                     self.collect_garbage();
                 }
             }
-            Pending::Event { ev, errors, pins: _ } => {
-                let Some(sub) = self.subs.get(&ev.key) else { return };
-                let client_rid = sub.client_rid.clone();
+            Pending::Event { ev, rids, errors, pins: _ } => {
                 let legacy = self.legacy();
-                let mut set = Vec::new();
-                let has_set = self.write_resource_set(&mut set, &ev.added_refs, &errors);
-                if has_set {
-                    let mut data = Vec::with_capacity(set.len() + 128);
-                    ev.write_data(&mut data, legacy, true);
-                    data.push(b',');
-                    data.extend_from_slice(&set);
-                    data.push(b'}');
-                    self.push(client::event_frame(&client_rid, ev.name(), Some(&data)));
-                } else {
-                    self.out.push(ev.frame(&client_rid, legacy));
+                for rid in rids {
+                    if !self.subs.contains_key(&rid) {
+                        continue;
+                    }
+                    // The resources the event adds go with the first frame that needs them.
+                    let mut set = Vec::new();
+                    if self.write_resource_set(&mut set, &ev.added_refs, &errors) {
+                        let mut data = Vec::with_capacity(set.len() + 128);
+                        ev.write_data(&mut data, legacy, true);
+                        data.push(b',');
+                        data.extend_from_slice(&set);
+                        data.push(b'}');
+                        self.push(client::event_frame(&rid, ev.name(), Some(&data)));
+                    } else {
+                        self.out.push(ev.frame(&rid, legacy));
+                    }
                 }
                 if !ev.removed_refs.is_empty() {
                     self.collect_garbage();
@@ -892,86 +765,99 @@ impl Conn {
     // === Events ===
 
     fn event(&mut self, ev: Arc<ResourceEvent>) {
-        let Some(sub) = self.subs.get_mut(&ev.key) else { return };
+        let Some(rids) = self.by_entry.get(&ev.entry_id).cloned() else { return };
         match &ev.kind {
             EventKind::Custom { .. } => {
-                let frame = ev.frame(&sub.client_rid, self.version.is_legacy_values());
-                self.out.push(frame);
+                let legacy = self.legacy();
+                for rid in rids.iter() {
+                    self.out.push(ev.frame(rid, legacy));
+                }
                 return;
             }
             EventKind::Reaccess => {
-                let key = ev.key.clone();
-                return self.reaccess(&key);
+                for rid in rids.iter() {
+                    self.reaccess(rid);
+                }
+                return;
             }
             _ => {}
         }
-        if ev.version <= sub.version {
+        let mut taking = Vec::with_capacity(rids.len());
+        for rid in rids.iter() {
+            let Some(sub) = self.subs.get_mut(rid) else { continue };
+            if ev.version <= sub.version {
+                continue;
+            }
+            sub.version = ev.version;
+            for r in &ev.removed_refs {
+                if let Some(i) = sub.refs.iter().position(|x| x == r) {
+                    sub.refs.swap_remove(i);
+                }
+            }
+            sub.refs.extend(ev.added_refs.iter().cloned());
+            taking.push(rid.clone());
+        }
+        if taking.is_empty() {
             return;
         }
-        sub.version = ev.version;
         if matches!(ev.kind, EventKind::Delete) {
-            let client_rid = sub.client_rid.clone();
-            let direct = sub.direct;
-            self.push(client::event_frame(&client_rid, "delete", None));
-            if direct > 0 {
-                self.push_unsubscribe_event(&client_rid, &ResError::deleted());
-            }
-            if let Some(sub) = self.subs.remove(&ev.key) {
-                self.shared.cache.unregister(&sub.entry, self.id);
+            for rid in taking {
+                let direct = self.subs.get(&rid).map_or(0, |s| s.direct);
+                self.push(client::event_frame(&rid, "delete", None));
+                if direct > 0 {
+                    self.push_unsubscribe_event(&rid, &ResError::deleted());
+                }
+                self.remove_sub(&rid);
             }
             self.collect_garbage();
             return;
         }
-        for r in &ev.removed_refs {
-            if let Some(i) = sub.refs.iter().position(|x| x == r) {
-                sub.refs.swap_remove(i);
-            }
-        }
-        sub.refs.extend(ev.added_refs.iter().cloned());
         if ev.added_refs.is_empty() {
-            let frame = ev.frame(&sub.client_rid, self.version.is_legacy_values());
-            self.out.push(frame);
+            let legacy = self.legacy();
+            for rid in &taking {
+                self.out.push(ev.frame(rid, legacy));
+            }
             if !ev.removed_refs.is_empty() {
                 self.collect_garbage();
             }
             return;
         }
-        self.run_pending(Pending::Event { ev, errors: HashMap::new(), pins: Vec::new() });
+        self.run_pending(Pending::Event { ev, rids: taking, errors: HashMap::new(), pins: HashMap::new() });
     }
 
-    fn push_unsubscribe_event(&mut self, client_rid: &str, reason: &ResError) {
+    fn push_unsubscribe_event(&mut self, rid: &str, reason: &ResError) {
         let mut data = b"{\"reason\":".to_vec();
         data.extend_from_slice(&reason.to_json());
         data.push(b'}');
-        self.push(client::event_frame(client_rid, "unsubscribe", Some(&data)));
+        self.push(client::event_frame(rid, "unsubscribe", Some(&data)));
     }
 
     /// Access for a resource may have changed: forget it, and re-check direct subscriptions.
-    fn reaccess(&mut self, key: &Arc<str>) {
-        let Some(sub) = self.subs.get_mut(key) else { return };
+    fn reaccess(&mut self, rid: &Arc<str>) {
+        let Some(sub) = self.subs.get_mut(rid) else { return };
         sub.access = None;
         if sub.direct == 0 {
             return;
         }
-        let payload = self.access_payload(key);
+        let payload = self.access_payload(rid);
         let shared = self.shared.clone();
         let tx = self.tx.clone();
-        let key = key.clone();
+        let rid = rid.clone();
+        let key = self.key_of(&rid);
         tokio::spawn(async move {
             let result = shared.access(&key, payload).await;
-            tx.send(ConnMsg::Done(Box::new(Completion::Access { key, result })));
+            tx.send(ConnMsg::Done(Box::new(Completion::Access { rid, result })));
         });
     }
 
     /// Access was denied: the client loses its direct subscription.
-    fn revoke(&mut self, key: &Arc<str>, reason: ResError) {
-        let Some(sub) = self.subs.get_mut(key) else { return };
+    fn revoke(&mut self, rid: &Arc<str>, reason: ResError) {
+        let Some(sub) = self.subs.get_mut(rid) else { return };
         if sub.direct == 0 {
             return;
         }
         sub.direct = 0;
-        let client_rid = sub.client_rid.clone();
-        self.push_unsubscribe_event(&client_rid, &reason);
+        self.push_unsubscribe_event(rid, &reason);
         self.collect_garbage();
     }
 
@@ -982,11 +868,11 @@ impl Conn {
         // Cached access was granted to the old token. Like Resgate, subscriptions are only
         // re-checked when the old token was not null; the cache is cleared either way so that
         // calls after a login are checked with the new token.
-        let keys: Vec<Arc<str>> = self.subs.keys().cloned().collect();
-        for k in keys {
+        let rids: Vec<Arc<str>> = self.subs.keys().cloned().collect();
+        for rid in rids {
             if had_token {
-                self.reaccess(&k);
-            } else if let Some(s) = self.subs.get_mut(&k) {
+                self.reaccess(&rid);
+            } else if let Some(s) = self.subs.get_mut(&rid) {
                 s.access = None;
             }
         }
@@ -1005,7 +891,8 @@ impl Conn {
         let shared = self.shared.clone();
         let subject = reset.subject.clone();
         tokio::spawn(async move {
-            if let Err(e) = shared.call(&subject, payload).await {
+            // Only the token event it causes matters; the reply is not waited for in order.
+            if let Err(e) = shared.nats.request("auth", &subject, payload).await {
                 tracing::debug!(subject, error = %e, "token reset auth request failed");
             }
         });
@@ -1015,30 +902,27 @@ impl Conn {
     fn collect_garbage(&mut self) {
         let mut reachable: HashSet<Arc<str>> = HashSet::new();
         let mut stack: Vec<Arc<str>> = self.subs.iter().filter(|(_, s)| s.direct > 0).map(|(k, _)| k.clone()).collect();
-        while let Some(k) = stack.pop() {
-            let k = self.resolve(&k);
-            if reachable.contains(&k) {
+        while let Some(rid) = stack.pop() {
+            if reachable.contains(&rid) {
                 continue;
             }
-            if let Some(s) = self.subs.get(&k) {
+            if let Some(s) = self.subs.get(&rid) {
                 stack.extend(s.refs.iter().cloned());
-                reachable.insert(k);
+                reachable.insert(rid);
             }
         }
         if reachable.len() == self.subs.len() {
             return;
         }
-        self.aliases.retain(|_, target| reachable.contains(target));
         let gone: Vec<Arc<str>> = self.subs.keys().filter(|k| !reachable.contains(*k)).cloned().collect();
-        for k in gone {
-            if let Some(sub) = self.subs.remove(&k) {
-                self.shared.cache.unregister(&sub.entry, self.id);
-            }
+        for rid in gone {
+            self.remove_sub(&rid);
         }
     }
 
     /// Leaves every cached resource (the connection is closing).
     pub fn dispose(&mut self) {
+        self.by_entry.clear();
         for (_, sub) in self.subs.drain() {
             self.shared.cache.unregister(&sub.entry, self.id);
         }

@@ -2,7 +2,7 @@
 //! with the full new state): a change event for models, remove/add events along a longest common
 //! subsequence for collections.
 
-use crate::cache::EventKind;
+use crate::event::EventKind;
 use res_protocol::value::{ResourceData, Value};
 
 /// Collections larger than this (old × new middle parts) are replaced wholesale instead of

@@ -3,8 +3,8 @@
 
 use crate::cache::Graph;
 use crate::config::ApiEncoding;
-use crate::conn::ConnTx;
-use crate::server::{Body, Shared, header_auth, http_context, new_cid};
+use crate::inbox::ConnTx;
+use crate::shared::{Body, Shared, http_context, new_cid};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -206,6 +206,9 @@ pub async fn handle(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
     };
     cors(&shared, resp.headers_mut(), origin.as_ref(), allowed);
     if method == Method::HEAD {
+        // As Resgate (Go's net/http): the headers of the GET, its Content-Length included.
+        let len = hyper::body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         *resp.body_mut() = Full::new(Bytes::new());
     }
     resp
@@ -262,11 +265,11 @@ async fn http_conn(shared: &Shared, http: &service::HttpContext) -> HttpConn {
     };
     let (tx, mut rx) = ConnTx::new(usize::MAX);
     shared.conns.lock().insert(cid.clone(), tx.clone());
-    let (result, meta) = header_auth(shared, &method, &cid, http).await;
+    let ((result, meta), token) = shared.header_auth(&method, &cid, http, &tx, &mut rx).await;
     if let Err(e) = &result {
         tracing::debug!(%cid, error = %e, "headerAuth failed; continuing without token");
     }
-    let token = shared.collect_token(&tx, &mut rx).await.and_then(TokenEvent::into_token);
+    let token = token.and_then(TokenEvent::into_token);
     shared.conns.lock().remove(&cid);
     let meta = meta.filter(|m| {
         let ok = m.has_valid_status();
@@ -377,9 +380,10 @@ async fn serve(req: Request<Incoming>, remote: SocketAddr, shared: &Shared, meth
                 return error_response(shared, &ResError::access_denied(), meta.as_ref());
             }
             let (name, _) = res_protocol::rid::split_query(&key);
-            let (result, call_meta) = shared
-                .call_meta(&format!("call.{name}.{m}"), RequestFields { params: params.as_deref(), ..fields }.encode())
-                .await;
+            let payload = RequestFields { params: params.as_deref(), ..fields }.encode();
+            // Ordered like a connection's call: a GET right after sees what the service
+            // published before replying.
+            let (result, call_meta) = shared.call_waiting(&format!("call.{name}.{m}"), payload, None, &key).await;
             let meta = merge(meta, call_meta);
             if let Some(mm) = meta.as_ref().filter(|mm| mm.is_direct_response_status()) {
                 let location = match &result {
@@ -425,12 +429,12 @@ fn encode_resource(
     enc: ApiEncoding,
     path: &mut Vec<Arc<str>>,
 ) {
-    let Some(entry) = graph.entries.get(key) else { return };
+    let Some((key, entry)) = graph.entries.get_key_value(key) else { return };
     let Some(data) = entry.data() else {
         out.extend_from_slice(b"null");
         return;
     };
-    path.push(entry.key.clone());
+    path.push(key.clone());
     match &data {
         ResourceData::Model(m) => {
             out.push(b'{');

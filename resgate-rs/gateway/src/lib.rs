@@ -7,37 +7,43 @@
 //! Map of the crate:
 //! - [`config`]: Resgate's settings and flags.
 //! - `nats`: requests to services (one multiplexed inbox, pre-response timeouts), reconnects.
+//! - `event`: applied resource events and the outlet they reach connections through.
+//! - `diff`: the events between two states of a resource.
 //! - `cache`: the shared resource cache, event application, eviction.
+//! - `inbox`: a connection's inbox and the routes its replies wait behind.
+//! - `shared`: what connections and HTTP requests share; service requests on a client's behalf.
 //! - `conn`: one client connection's state machine.
-//! - `server`: listener, WebSocket upgrade, the connection task loop.
 //! - `http_api`: the REST mapping.
+//! - `server`: listener, WebSocket upgrade, the connection task loop.
 //! - `ws`: WebSocket framing of upgraded connections.
+//!
+//! Imports go one way, down this list (`nats`, `metrics`, `config` and `ws` sit below all).
 
 pub mod config;
 
 mod cache;
 mod conn;
 mod diff;
+mod event;
 mod http_api;
+mod inbox;
 mod metrics;
 mod nats;
 mod server;
+mod shared;
 mod ws;
 
 pub use config::{ApiEncoding, Config, ConfigError};
 
 /// What the criterion benchmarks (`benches/hot_paths.rs`) drive; not an API.
 #[doc(hidden)]
-pub mod hot_paths {
-    pub use crate::cache::bench::{FanOut, Lookup};
-    pub use crate::ws::{Decoder, Incoming, encode_batch};
-}
+pub mod hot_paths;
 
 use crate::cache::Cache;
-use crate::conn::ConnMsg;
+use crate::inbox::ConnMsg;
 use crate::metrics::Metrics;
 use crate::nats::{ConnectionEvent, Nats, NatsSettings};
-use crate::server::Shared;
+use crate::shared::Shared;
 use res_protocol::pattern::ResourcePattern;
 use res_protocol::service::{SystemReset, SystemTokenReset};
 use std::net::SocketAddr;
@@ -115,15 +121,20 @@ impl Gateway {
             config.reset_throttle,
         );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let (router_tx, router_rx) = tokio::sync::mpsc::unbounded_channel();
-        let shared =
-            Arc::new(Shared::new(config.clone(), cache, nats.clone(), metrics.clone(), shutdown_rx.clone(), router_tx));
+        let conns = nats.subscribe("conn.>")?;
+        let shared = Arc::new(Shared::new(
+            config.clone(),
+            cache,
+            nats.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+            conns.route(),
+        ));
 
         let mut tasks = Vec::new();
         let system = nats.subscribe("system.>")?;
         tasks.push(tokio::spawn(system_events(shared.clone(), system)));
-        let conns = nats.subscribe("conn.>")?;
-        tasks.push(tokio::spawn(conn_events_task(shared.clone(), conns, router_rx)));
+        tasks.push(tokio::spawn(conn_events_task(shared.clone(), conns)));
         tasks.push(tokio::spawn(resync_on_reconnect(shared.clone(), conn_events.subscribe())));
         tasks.push(tokio::spawn(update_gauges(shared.clone())));
         tasks.push(tokio::spawn(server::accept_loop(listener, shared.clone(), tls)));
@@ -241,24 +252,11 @@ async fn system_events(shared: Arc<Shared>, mut sub: nats::Subscription) {
     }
 }
 
-/// Routes `conn.<cid>.*` events, and messages that must reach a connection after them.
-async fn conn_events_task(
-    shared: Arc<Shared>,
-    mut sub: nats::Subscription,
-    mut after: tokio::sync::mpsc::UnboundedReceiver<(conn::ConnTx, ConnMsg)>,
-) {
-    loop {
-        tokio::select! {
-            // NATS first: whatever it delivered before a queued message goes out before it.
-            biased;
-            msg = sub.next_message() => match msg {
-                Some(msg) => server::conn_event(&shared, &msg.subject, &msg.payload),
-                None => return,
-            },
-            Some((tx, msg)) = after.recv() => {
-                tx.send(msg);
-            }
-        }
+/// Routes `conn.<cid>.*` events to their connections (replies waiting behind them are let go
+/// as their fences pass here).
+async fn conn_events_task(shared: Arc<Shared>, mut sub: nats::Subscription) {
+    while let Some(msg) = sub.next_message().await {
+        server::conn_event(&shared, &msg.subject, &msg.payload);
     }
 }
 

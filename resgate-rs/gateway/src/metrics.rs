@@ -39,6 +39,8 @@ pub struct Metrics {
     pub slow_client_disconnects: Counter,
     pub nats_slow_consumer: Counter,
     pub nats_reconnects: Counter,
+    /// Re-fetches of cached resources that no service answered (tried again with backoff).
+    pub cache_refetch_retries: Counter,
     pub nats_connected: Gauge,
     /// The series of the client request methods, resolved once: a family lookup hashes the
     /// label set and takes a lock, on every request.
@@ -65,6 +67,7 @@ impl Metrics {
             slow_client_disconnects: Counter::default(),
             nats_slow_consumer: Counter::default(),
             nats_reconnects: Counter::default(),
+            cache_refetch_retries: Counter::default(),
             nats_connected: Gauge::default(),
             ws_request_series: Vec::new(),
             duration_series: Vec::new(),
@@ -122,6 +125,11 @@ impl Metrics {
         );
         registry.register("resgate_nats_slow_consumer", "NATS slow-consumer conditions", m.nats_slow_consumer.clone());
         registry.register("resgate_nats_reconnects", "NATS reconnections", m.nats_reconnects.clone());
+        registry.register(
+            "resgate_cache_refetch_retries",
+            "Re-fetches of cached resources that no service answered, tried again",
+            m.cache_refetch_retries.clone(),
+        );
         registry.register("resgate_nats_connected", "1 while connected to NATS", m.nats_connected.clone());
         m
     }

@@ -2,11 +2,15 @@
 //! with one multiplexed reply inbox, and the connection's lifecycle (reconnect, slow consumers).
 //!
 //! Order: `res-nats` calls every subscription's handler on one reader task, in wire order. The
-//! handlers here only queue, so a subscription's channel holds its messages in that order, and a
-//! request made [`Nats::request_via`] a subscription has its reply queued into that same channel:
-//! the consumer sees the reply after every message the server sent before it, and before every
-//! one sent after it. The cache relies on it for `get` replies and the resource's events, as
-//! Resgate does (it reads every subscription through one Go channel).
+//! handlers here only queue, so a subscription's channel holds its messages in that order.
+//! A request made [`Nats::request_ordered`] has its final reply held back behind *fences*: when
+//! the reply arrives, a fence is queued on each route the caller names (the subscriptions whose
+//! earlier messages must be handled first), and the reply is handed over once every fence has
+//! been reached by its consumer. So the reply never overtakes a message NATS delivered before
+//! it on those subscriptions. The cache uses it for `get` replies among a resource's events, the
+//! connections for call/auth replies behind the events of every resource they hold and their
+//! token events. Resgate gets a weaker form of this by running a reply in the worker of the
+//! called resource's name only.
 //!
 //! Differences from Resgate, on purpose:
 //! - Resgate exits when NATS goes away; here the client reconnects with backoff and the gateway
@@ -43,24 +47,77 @@ pub enum ConnectionEvent {
 /// What a subscription yields, in NATS wire order.
 enum Delivery {
     Message(Message),
-    /// The reply to a request made via this subscription, ready to run where it is received.
-    Reply(Box<dyn FnOnce() + Send>),
+    /// A reply waiting behind this point of the subscription's messages.
+    Fence(Arc<Release>),
 }
 
-/// Runs on the subscription's consumer, in order, when a routed reply arrives.
-type OnReply = Box<dyn FnOnce(Result<Bytes, ResError>) -> Result<(), ResError> + Send>;
+/// Why a request got no reply from a service.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    /// NATS said nobody listens on the subject (a 503 status message).
+    #[error("no service is listening")]
+    NoResponders,
+    #[error(transparent)]
+    Res(#[from] ResError),
+}
 
-enum Reply {
-    /// A pre-response: extends the deadline.
-    Extend(Option<Duration>),
-    Final(Result<Bytes, ResError>),
+impl From<RequestError> for ResError {
+    fn from(e: RequestError) -> ResError {
+        match e {
+            // As Resgate >= 1.7.5 answers clients.
+            RequestError::NoResponders => ResError::not_found(),
+            RequestError::Res(e) => e,
+        }
+    }
+}
+
+/// A service's reply, or why there is none.
+pub type ServiceReply = Result<Bytes, RequestError>;
+
+/// Takes an ordered request's final reply once every fence has been passed.
+type OnReply = Box<dyn FnOnce(ServiceReply) + Send>;
+
+/// Chooses, when the reply arrives, the routes it must wait behind.
+type Fences = Box<dyn FnOnce(&ServiceReply) -> Vec<Route> + Send>;
+
+/// What to do when a fence cannot be queued because its subscription's channel is full (the
+/// subscription is dropping messages, and a re-validation will follow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Fail the reply: handling it out of place would be wrong (a `get` reply among events).
+    Fail,
+    /// Hand the reply over anyway: the service acted on the request, so the outcome is true.
+    Pass,
+}
+
+/// How a request's waiting side is reached from the reader.
+struct Waiting {
+    /// Pre-responses: each extends the deadline (dropped when the waiter is behind on them).
+    extend: mpsc::Sender<Option<Duration>>,
+    done: tokio::sync::oneshot::Sender<ServiceReply>,
+}
+
+/// A reply held behind fences: runs once the last of them (and the reader) let go.
+pub struct Release {
+    remaining: std::sync::atomic::AtomicUsize,
+    run: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Release {
+    fn pass(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(run) = self.run.lock().take()
+        {
+            run();
+        }
+    }
 }
 
 enum Pending {
     /// The reply goes straight to the waiting request.
-    Direct(mpsc::Sender<Reply>),
-    /// The final reply goes through a subscription's channel, and `on_reply` runs there.
-    Via { to: mpsc::Sender<Delivery>, waiting: mpsc::Sender<Reply>, on_reply: OnReply },
+    Direct(Waiting),
+    /// The final reply waits behind fences, then `on_reply` takes it and the request returns.
+    Ordered { fences: Fences, when_full: WhenFull, waiting: Waiting, on_reply: OnReply },
 }
 
 struct Inner {
@@ -90,7 +147,7 @@ pub struct Subscription {
     _sub: res_nats::Subscription,
 }
 
-/// Where to queue replies so that they keep their place among a subscription's messages.
+/// Where to queue fences so that replies keep their place among a subscription's messages.
 #[derive(Clone)]
 pub struct Route(mpsc::Sender<Delivery>);
 
@@ -99,12 +156,12 @@ impl Subscription {
         self.route.clone()
     }
 
-    /// The next message, running routed replies as they come.
+    /// The next message, letting replies go as their fences are reached.
     pub async fn next_message(&mut self) -> Option<Message> {
         loop {
             match self.rx.recv().await? {
                 Delivery::Message(m) => return Some(m),
-                Delivery::Reply(run) => run(),
+                Delivery::Fence(release) => release.pass(),
             }
         }
     }
@@ -175,24 +232,34 @@ impl Nats {
 
     /// Sends a request and waits for its reply, honouring pre-responses that extend the timeout.
     /// `kind` labels the latency metric (access, get, call, auth, query).
-    pub async fn request(&self, kind: &'static str, subject: &str, payload: Vec<u8>) -> Result<Bytes, ResError> {
+    pub async fn request(&self, kind: &'static str, subject: &str, payload: Vec<u8>) -> ServiceReply {
         self.send_request(kind, subject, payload, Pending::Direct).await
     }
 
-    /// Sends a request whose final reply is queued into `route`'s subscription, in wire order
-    /// among its messages, and handed to `on_reply` by whoever consumes it. Returns once
-    /// `on_reply` ran, with its result; or with a timeout, in which case it never runs.
-    pub async fn request_via(
+    /// Sends a request whose final reply is held behind fences on the routes `fences` picks when
+    /// the reply arrives (see the module comment), then handed to `on_reply` by whichever
+    /// consumer passes the last fence. Returns once `on_reply` ran; or with the error that kept
+    /// it from running (timeout, publish failure), in which case it never runs. Once the reply
+    /// has arrived the request no longer times out: what remains is local work.
+    pub async fn request_ordered(
         &self,
         kind: &'static str,
         subject: &str,
         payload: Vec<u8>,
-        route: &Route,
-        on_reply: impl FnOnce(Result<Bytes, ResError>) -> Result<(), ResError> + Send + 'static,
-    ) -> Result<(), ResError> {
-        let to = route.0.clone();
+        fences: impl FnOnce(&ServiceReply) -> Vec<Route> + Send + 'static,
+        when_full: WhenFull,
+        on_reply: impl FnOnce(ServiceReply) + Send + 'static,
+    ) -> Result<(), RequestError> {
+        let fences: Fences = Box::new(fences);
         let on_reply: OnReply = Box::new(on_reply);
-        self.send_request(kind, subject, payload, move |waiting| Pending::Via { to, waiting, on_reply }).await.map(drop)
+        self.send_request(kind, subject, payload, move |waiting| Pending::Ordered {
+            fences,
+            when_full,
+            waiting,
+            on_reply,
+        })
+        .await
+        .map(drop)
     }
 
     async fn send_request(
@@ -200,16 +267,17 @@ impl Nats {
         kind: &'static str,
         subject: &str,
         payload: Vec<u8>,
-        pending: impl FnOnce(mpsc::Sender<Reply>) -> Pending,
-    ) -> Result<Bytes, ResError> {
+        pending: impl FnOnce(Waiting) -> Pending,
+    ) -> ServiceReply {
         let inner = &self.0;
         if !self.subject_fits(subject.len()) {
-            return Err(ResError::subject_too_long());
+            return Err(ResError::subject_too_long().into());
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let reply = format!("{}.{id}", inner.inbox_prefix);
-        let (tx, mut rx) = mpsc::channel(4);
-        inner.pending.lock().insert(id, pending(tx));
+        let (extend, mut extended) = mpsc::channel(4);
+        let (done, mut finished) = tokio::sync::oneshot::channel();
+        inner.pending.lock().insert(id, pending(Waiting { extend, done }));
         let started = Instant::now();
         tracing::trace!(subject, payload = %String::from_utf8_lossy(&payload), "nats request");
         // A child of the client request's span; its context travels in the headers, so the
@@ -221,16 +289,26 @@ impl Nats {
         };
         let headers = res_telemetry::trace_context::nats_headers_for(&span);
         let result = match inner.client.publish(subject, Some(&reply), headers.as_ref(), payload.into()) {
-            Err(e) => Err(ResError::internal(format!("publishing request: {e}"))),
+            Err(e) => Err(ResError::internal(format!("publishing request: {e}")).into()),
             Ok(()) => {
                 let wait = async {
                     let mut deadline = tokio::time::Instant::now() + inner.timeout;
                     loop {
-                        match tokio::time::timeout_at(deadline, rx.recv()).await {
-                            Ok(Some(Reply::Extend(Some(d)))) => deadline = tokio::time::Instant::now() + d,
-                            Ok(Some(Reply::Extend(None))) => {}
-                            Ok(Some(Reply::Final(r))) => break r,
-                            Ok(None) | Err(_) => break Err(ResError::timeout()),
+                        tokio::select! {
+                            r = &mut finished => break r.unwrap_or_else(|_| Err(ResError::timeout().into())),
+                            Some(extend) = extended.recv() => {
+                                if let Some(d) = extend {
+                                    deadline = tokio::time::Instant::now() + d;
+                                }
+                            }
+                            _ = tokio::time::sleep_until(deadline) => {
+                                // Still pending: no reply came in time. Gone from `pending`: the
+                                // reply came and waits behind its fences; wait until it is let go.
+                                if inner.pending.lock().remove(&id).is_some() {
+                                    break Err(ResError::timeout().into());
+                                }
+                                break (&mut finished).await.unwrap_or_else(|_| Err(ResError::timeout().into()));
+                            }
                         }
                     }
                 };
@@ -288,43 +366,75 @@ impl Nats {
 }
 
 impl Inner {
-    /// Runs on the NATS reader task: hands a reply to its request, or queues it on its route.
+    /// Runs on the NATS reader task: hands a reply to its request, or fences it in.
     fn route_reply(&self, msg: Message) {
         let Some(id) = msg.subject.rsplit('.').next().and_then(|s| s.parse::<u64>().ok()) else { return };
-        let reply = if msg.payload.is_empty() && msg.status == Some(503) {
-            // Resgate >= 1.7.5: nobody listens on the subject, so fail at once.
-            Reply::Final(Err(ResError::not_found()))
+        let reply: ServiceReply = if msg.payload.is_empty() && msg.status == Some(503) {
+            Err(RequestError::NoResponders)
         } else if let Some(timeout) = parse_pre_response(&msg.payload) {
-            Reply::Extend(timeout)
+            if let Some(Pending::Direct(w) | Pending::Ordered { waiting: w, .. }) = self.pending.lock().get(&id) {
+                let _ = w.extend.try_send(timeout);
+            }
+            return;
         } else {
-            Reply::Final(Ok(msg.payload))
+            Ok(msg.payload)
         };
-        let mut pending = self.pending.lock();
-        match (pending.get(&id), reply) {
-            (None, _) => {}
-            (Some(Pending::Direct(waiting) | Pending::Via { waiting, .. }), Reply::Extend(t)) => {
-                let _ = waiting.try_send(Reply::Extend(t));
+        let Some(pending) = self.pending.lock().remove(&id) else { return };
+        match pending {
+            Pending::Direct(waiting) => {
+                let _ = waiting.done.send(reply);
             }
-            (Some(Pending::Direct(waiting)), Reply::Final(r)) => {
-                let _ = waiting.try_send(Reply::Final(r));
+            Pending::Ordered { fences, when_full, waiting, on_reply } => {
+                self.fence(reply, fences, when_full, waiting.done, on_reply);
             }
-            (Some(Pending::Via { .. }), Reply::Final(r)) => {
-                let Some(Pending::Via { to, waiting, on_reply }) = pending.remove(&id) else { unreachable!() };
-                drop(pending);
-                let requester = waiting.clone();
-                let run = Box::new(move || {
-                    let done = on_reply(r).map(|()| Bytes::new());
-                    let _ = waiting.try_send(Reply::Final(done));
-                });
-                if to.try_send(Delivery::Reply(run)).is_err() {
-                    // Dropped like any message of a full subscription: the request fails now
-                    // (not at its timeout), and the resync after a slow consumer repairs the rest.
-                    let _ = requester
-                        .try_send(Reply::Final(Err(ResError::internal("reply dropped: subscription buffer full"))));
+        }
+    }
+
+    /// Queues a fence on every route the reply must wait behind; the reader holds one more
+    /// share, so the reply cannot be let go before every fence is in place.
+    fn fence(
+        &self,
+        reply: ServiceReply,
+        fences: Fences,
+        when_full: WhenFull,
+        done: tokio::sync::oneshot::Sender<ServiceReply>,
+        on_reply: OnReply,
+    ) {
+        let routes = fences(&reply);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let release = Arc::new(Release {
+            remaining: std::sync::atomic::AtomicUsize::new(routes.len() + 1),
+            run: Mutex::new(None),
+        });
+        let run = {
+            let dropped = dropped.clone();
+            move || {
+                let reply = match dropped.load(Ordering::Acquire) {
+                    true => Err(ResError::internal("reply dropped: subscription buffer full").into()),
+                    false => reply,
+                };
+                on_reply(reply);
+                let _ = done.send(Ok(Bytes::new()));
+            }
+        };
+        *release.run.lock() = Some(Box::new(run));
+        for route in routes {
+            match route.0.try_send(Delivery::Fence(release.clone())) {
+                Ok(()) => {}
+                // The subscription is gone: nothing of it is left to wait for.
+                Err(mpsc::error::TrySendError::Closed(_)) => release.pass(),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Dropped like any message of a full subscription; the re-validation after
+                    // a slow consumer repairs the rest.
+                    if when_full == WhenFull::Fail {
+                        dropped.store(true, Ordering::Release);
+                    }
                     self.slow_consumer();
+                    release.pass();
                 }
             }
         }
+        release.pass();
     }
 
     fn slow_consumer(&self) {

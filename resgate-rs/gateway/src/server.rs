@@ -1,157 +1,23 @@
 //! The HTTP/WebSocket front: accepting connections, upgrades, and each connection's task loop.
 
-use crate::cache::Cache;
-use crate::config::Config;
-use crate::conn::{Conn, ConnMsg, ConnTx};
+use crate::conn::Conn;
 use crate::http_api;
-use crate::metrics::Metrics;
-use crate::nats::Nats;
+use crate::inbox::{ConnMsg, ConnTx};
+use crate::shared::{Body, Shared, http_context, new_cid, simple};
 use crate::ws::{self, WsStream};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
 use res_protocol::ResError;
-use res_protocol::service::{self, Access, CallResult, HttpContext, Meta, RequestFields, TokenEvent};
-use std::collections::HashMap;
+use res_protocol::service::{CallResult, HttpContext, TokenEvent};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::Instrument;
-
-pub type Body = Full<Bytes>;
-
-/// What every connection and request handler shares.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub cache: Cache,
-    pub nats: Nats,
-    pub metrics: Arc<Metrics>,
-    /// Live connections by connection ID, for `conn.<cid>.*` events and broadcasts.
-    pub conns: Mutex<HashMap<Arc<str>, ConnTx>>,
-    next_conn: AtomicU64,
-    pub shutdown: watch::Receiver<bool>,
-    /// Into the `conn.>` router, behind the NATS messages it has already received.
-    conn_router: tokio::sync::mpsc::UnboundedSender<(ConnTx, ConnMsg)>,
-}
-
-impl Shared {
-    pub fn new(
-        config: Arc<Config>,
-        cache: Cache,
-        nats: Nats,
-        metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
-        conn_router: tokio::sync::mpsc::UnboundedSender<(ConnTx, ConnMsg)>,
-    ) -> Shared {
-        Shared {
-            config,
-            cache,
-            nats,
-            metrics,
-            conns: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(1),
-            shutdown,
-            conn_router,
-        }
-    }
-
-    /// Delivers `msg` to a connection after every `conn.<cid>.*` event NATS delivered before now.
-    ///
-    /// A service sets a token (`conn.<cid>.token`) before replying to the auth or call that
-    /// caused it. NATS delivers the two in that order, but on different subscriptions read by
-    /// different tasks; passing the reply through the `conn.>` router (which drains its NATS
-    /// messages first) keeps the order, so the client's next request already uses the token.
-    pub fn after_conn_events(&self, tx: &ConnTx, msg: ConnMsg) {
-        if self.conn_router.send((tx.clone(), msg)).is_err() {
-            tracing::warn!("connection event router stopped");
-        }
-    }
-
-    /// Waits until the `conn.>` router has delivered everything received so far to `rx`,
-    /// returning the last token event among them (header authentication).
-    pub async fn collect_token(
-        &self,
-        tx: &ConnTx,
-        rx: &mut tokio::sync::mpsc::UnboundedReceiver<ConnMsg>,
-    ) -> Option<TokenEvent> {
-        self.after_conn_events(tx, ConnMsg::Fence);
-        let mut token = None;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            match msg {
-                ConnMsg::Token(t) => token = Some(*t),
-                ConnMsg::Fence => break,
-                _ => {}
-            }
-        }
-        token
-    }
-
-    /// An access request for a resource (`key` as services see it).
-    pub async fn access(&self, key: &str, payload: Vec<u8>) -> Result<Access, ResError> {
-        self.access_meta(key, payload).await.0
-    }
-
-    pub async fn access_meta(&self, key: &str, payload: Vec<u8>) -> (Result<Access, ResError>, Option<Meta>) {
-        let (name, _) = res_protocol::rid::split_query(key);
-        match self.nats.request("access", &format!("access.{name}"), payload).await {
-            Ok(p) => service::decode_access(&p),
-            Err(e) => (Err(e), None),
-        }
-    }
-
-    /// A call or auth request.
-    pub async fn call(&self, subject: &str, payload: Vec<u8>) -> Result<CallResult, ResError> {
-        self.call_meta(subject, payload).await.0
-    }
-
-    pub async fn call_meta(&self, subject: &str, payload: Vec<u8>) -> (Result<CallResult, ResError>, Option<Meta>) {
-        let kind = if subject.starts_with("auth.") { "auth" } else { "call" };
-        match self.nats.request(kind, subject, payload).await {
-            Ok(p) => service::decode_call(&p),
-            Err(e) => (Err(e), None),
-        }
-    }
-
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Queues a message to every connection.
-    pub fn broadcast(&self, make: impl Fn() -> ConnMsg) {
-        for tx in self.conns.lock().values() {
-            tx.send(make());
-        }
-    }
-
-    /// Whether the request's Origin is allowed (no Origin, or `null`, always is).
-    pub fn origin_allowed(&self, origin: Option<&HeaderValue>) -> bool {
-        let allow = &self.config.allow_origin;
-        match origin.and_then(|o| o.to_str().ok()) {
-            None | Some("null") => true,
-            Some(o) => allow.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o)),
-        }
-    }
-}
-
-/// A connection ID: 20 characters of base32hex, like Resgate's xid-based IDs.
-pub fn new_cid() -> Arc<str> {
-    const ALPHABET: &[u8; 32] = b"0123456789abcdefghijklmnopqrstuv";
-    let mut bits: u128 = rand::random();
-    let mut s = String::with_capacity(20);
-    for _ in 0..20 {
-        s.push(ALPHABET[(bits & 31) as usize] as char);
-        bits >>= 5;
-    }
-    Arc::from(s)
-}
 
 /// Accepts connections until shutdown.
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
@@ -220,43 +86,6 @@ async fn route(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shared>) 
     simple(StatusCode::NOT_FOUND, "404 page not found\n")
 }
 
-pub fn simple(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
-}
-
-/// The HTTP context services see in auth requests.
-pub fn http_context<B>(req: &Request<B>, remote: SocketAddr) -> HttpContext {
-    let mut header: service::Header = service::Header::new();
-    for (name, value) in req.headers() {
-        if let Ok(v) = value.to_str() {
-            header.entry(service::canonical_header_key(name.as_str())).or_default().push(v.to_owned());
-        }
-    }
-    HttpContext {
-        header,
-        host: req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned(),
-        remote_addr: remote.to_string(),
-        uri: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
-    }
-}
-
-/// Calls a header-auth method (headerAuth / wsHeaderAuth) for a connection being set up.
-pub async fn header_auth(
-    shared: &Shared,
-    method: &str,
-    cid: &str,
-    http: &HttpContext,
-) -> (Result<CallResult, ResError>, Option<Meta>) {
-    let (rid, m) = method.rsplit_once('.').expect("validated at start");
-    let rid = res_protocol::rid::replace_cid(rid, cid);
-    let (name, query) = res_protocol::rid::split_query(&rid);
-    let payload = RequestFields { cid, token: None, query, params: None, is_http: true }.encode_with(Some(http));
-    shared.call_meta(&format!("auth.{name}.{m}"), payload).await
-}
-
 async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
     let headers = req.headers();
     let is_upgrade =
@@ -288,7 +117,7 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
     let mut rx = rx;
     let mut initial_token = None;
     if let Some(method) = shared.config.ws_header_auth.clone() {
-        let (result, meta) = header_auth(&shared, &method, &cid, &http).await;
+        let ((result, meta), token) = shared.header_auth(&method, &cid, &http, &tx, &mut rx).await;
         if let Some(meta) = meta {
             if !meta.has_valid_status() {
                 tracing::error!(status = ?meta.status, "wsHeaderAuth meta status outside 300..599 ignored");
@@ -305,7 +134,7 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
         if let Err(e) = result {
             tracing::debug!(%cid, error = %e, "wsHeaderAuth failed; connecting without token");
         }
-        initial_token = shared.collect_token(&tx, &mut rx).await;
+        initial_token = token;
     }
 
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());

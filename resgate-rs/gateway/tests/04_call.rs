@@ -293,3 +293,91 @@ async fn long_method_or_rid_is_subject_too_long() {
         .await
         .assert_error("system.subjectTooLong");
 }
+
+/// A service that publishes an event and then replies (go-res's `set`): the caller sees the event
+/// before the reply, every time — on the called resource, on a resource it holds through a
+/// reference, and with another client subscribed too. Structural (the reply waits behind the
+/// events NATS delivered before it), so no attempt may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_published_before_the_reply_reaches_the_caller_first() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    let mut watcher = env.client().await;
+    let id = c.send("subscribe.test.parent", json!(null)).await;
+    env.service.expect("access.test.parent").await.respond_access(true, Some("*")).await;
+    env.service.expect("get.test.parent").await.respond_model(json!({"child": {"rid": "test.child"}, "n": 0})).await;
+    env.service.expect("get.test.child").await.respond_model(json!({"n": 0})).await;
+    c.response(id).await.result();
+    let id = watcher.send("subscribe.test.child", json!(null)).await;
+    env.service.expect("access.test.child").await.respond_access(true, None).await;
+    watcher.response(id).await.result();
+    for n in 1..=300 {
+        // Alternate the resource whose event precedes the reply.
+        let rid = if n % 2 == 0 { "test.parent" } else { "test.child" };
+        let id = c.send("call.test.parent.set", json!({ "n": n })).await;
+        let req = env.service.expect("call.test.parent.set").await;
+        env.service.publish_event_noflush(rid, "change", &json!({"values": {"n": n}})).await;
+        req.respond_result(json!(null)).await;
+        let first = c.next_message().await;
+        assert_eq!(first, json!({"event": format!("{rid}.change"), "data": {"values": {"n": n}}}), "call {n}");
+        assert_eq!(c.next_message().await, json!({"id": id, "result": {"payload": null}}), "call {n}");
+        if rid == "test.child" {
+            assert_eq!(watcher.expect_event("test.child.change").await, json!({"values": {"n": n}}));
+        }
+    }
+}
+
+/// `new`: the add event on the collection the caller holds comes before the resource reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_event_before_new_reply() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    let id = c.send("subscribe.test.items", json!(null)).await;
+    env.service.serve_collection("test.items", json!([])).await;
+    c.response(id).await.result();
+    for n in 0..50 {
+        let rid = format!("test.item.{n}");
+        let id = c.send("new.test.items", json!({ "n": n })).await;
+        let req = env.service.expect("call.test.items.new").await;
+        env.service.publish_event_noflush("test.items", "add", &json!({"idx": n, "value": {"rid": rid}})).await;
+        req.respond_json(json!({"resource": {"rid": rid}})).await;
+        // The event's reference is loaded (the connection holds the reply back meanwhile); then
+        // the reply's resource is access-checked.
+        env.service.expect(&format!("get.{rid}")).await.respond_model(json!({ "n": n })).await;
+        env.service.expect(&format!("access.{rid}")).await.respond_access(true, None).await;
+        let ev = c.next_message().await;
+        assert_eq!(ev["event"], json!("test.items.add"), "new {n}: {ev}");
+        assert_eq!(ev["data"]["idx"], json!(n));
+        // The event carried the new model; the reply names it, already sent.
+        assert_eq!(ev["data"]["models"][&rid], json!({ "n": n }), "{ev}");
+        assert_eq!(c.next_message().await, json!({"id": id, "result": {"rid": rid}}), "new {n}");
+    }
+}
+
+/// Over HTTP: a GET right after a POST whose service changed the resource and then replied sees
+/// the change (the POST's reply waited behind the event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_get_after_post_sees_the_change_published_before_the_reply() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    let id = c.send("subscribe.test.model", json!(null)).await;
+    env.service.serve_model("test.model", json!({"n": 0})).await;
+    c.response(id).await.result();
+    for n in 1..=50 {
+        let post = {
+            let addr = env.addr();
+            tokio::spawn(async move { http_request(addr, "POST", "/api/test/model/set", &[], b"{}").await })
+        };
+        env.service.expect("access.test.model").await.respond_access(true, Some("*")).await;
+        let req = env.service.expect("call.test.model.set").await;
+        env.service.publish_event_noflush("test.model", "change", &json!({"values": {"n": n}})).await;
+        req.respond_result(json!(null)).await;
+        assert_eq!(post.await.unwrap().status, 204);
+        let get = {
+            let addr = env.addr();
+            tokio::spawn(async move { http_request(addr, "GET", "/api/test/model", &[], b"").await })
+        };
+        env.service.expect("access.test.model").await.respond_access(true, None).await;
+        assert_eq!(get.await.unwrap().json(), json!({ "n": n }), "GET after POST {n}");
+    }
+}

@@ -210,3 +210,47 @@ async fn reset_reply_splits_events_in_wire_order() {
         c.assert_no_message(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A reset re-fetches a query resource with the normalised query the service gave, not the
+/// client's spelling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_refetches_query_resources_with_the_normalized_query() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    let id = c.send("subscribe.test.list?B=2&a=1", json!(null)).await;
+    env.service.expect("access.test.list").await.respond_access(true, None).await;
+    env.service.expect("get.test.list").await.respond_result(json!({"collection": [1], "query": "a=1&b=2"})).await;
+    c.response(id).await.result();
+    env.service.publish_json("system.reset", json!({"resources": ["test.>"]})).await;
+    let g = env.service.expect("get.test.list").await;
+    assert_eq!(g.payload_json(), json!({"query": "a=1&b=2"}));
+    g.respond_result(json!({"collection": [1, 2], "query": "a=1&b=2"})).await;
+    assert_eq!(c.expect_event("test.list?B=2&a=1.add").await, json!({"idx": 1, "value": 2}));
+}
+
+/// A re-fetch nobody answers (the service is down: NATS says no responders) is an outage, not
+/// a deletion: subscribers keep the resource, and the re-fetch is retried until the service is
+/// back, whose state then reaches them. (Resgate deletes the resource here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_while_the_service_is_down_keeps_the_resource_and_converges() {
+    let mut env = TestEnv::start_custom(|_| {}, &["access.>", "call.>", "auth.>"]).await;
+    let mut c = env.client().await;
+    // A second service client answers gets; it goes away and comes back.
+    let mut getter = Service::connect(&env.nats.url(), &["get.>"]).await;
+    let id = c.send("subscribe.test.model", json!(null)).await;
+    env.service.expect("access.test.model").await.respond_access(true, None).await;
+    getter.expect("get.test.model").await.respond_model(json!({"n": 1})).await;
+    c.response(id).await.result();
+    drop(getter);
+    env.service.publish_json("system.reset", json!({"resources": ["test.>"]})).await;
+    // Retried with backoff; the client is told nothing meanwhile.
+    c.assert_no_message(std::time::Duration::from_millis(700)).await;
+    let mut getter = Service::connect(&env.nats.url(), &["get.>"]).await;
+    getter
+        .expect_within("get.test.model", std::time::Duration::from_secs(15))
+        .await
+        .respond_model(json!({"n": 2}))
+        .await;
+    assert_eq!(c.expect_event("test.model.change").await, json!({"values": {"n": 2}}));
+    c.assert_no_message(QUIET).await;
+}

@@ -107,7 +107,11 @@ async fn equal_normalized_queries_share_one_entry() {
     let mut c1 = env.client().await;
     let mut c2 = env.client().await;
     sub_query(&mut env, &mut c1, "test.model?b=2&a=1", "a=1&b=2", json!({"n": 1})).await;
-    sub_query(&mut env, &mut c2, "test.model?a=1&b=2", "a=1&b=2", json!({"n": 1})).await;
+    // The normalised spelling is served from the cache, as Resgate does
+    // (TestQueryModelIsFetchedFromCacheAfterQueryNormalization): an access request only.
+    let id = c2.send("subscribe.test.model?a=1&b=2", json!(null)).await;
+    env.service.expect("access.test.model").await.respond_access(true, None).await;
+    c2.response(id).await.assert_result(json!({"models": {"test.model?a=1&b=2": {"n": 1}}}));
     env.service.publish_event("test.model", "query", json!({"subject": "_QUERY.s"})).await;
     let q = env.service.expect("_QUERY.s").await;
     assert_eq!(q.payload_json(), json!({"query": "a=1&b=2"}));
@@ -158,4 +162,108 @@ async fn events_queue_while_query_requests_are_pending() {
     q.respond_result(json!({"events": [{"event": "change", "data": {"values": {"a": 2}}}]})).await;
     assert_eq!(c.expect_event("test.model?q=foo.change").await, json!({"values": {"a": 2}}));
     assert_eq!(c.expect_event("test.model.change").await, json!({"values": {"plain": 2}}));
+}
+
+/// go-res's query handlers answer a get without a query with the normalised (empty-filter)
+/// query: the resource is a query resource, as in Resgate. Query events reach it (over
+/// WebSocket and in the HTTP cache), plain events do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_without_query_answered_as_query_resource_takes_query_events() {
+    let mut env = TestEnv::start().await;
+    env.service.listen("_QUERY.>").await;
+    let mut c = env.client().await;
+    let id = c.send("subscribe.test.list", json!(null)).await;
+    env.service.expect("access.test.list").await.respond_access(true, None).await;
+    let g = env.service.expect("get.test.list").await;
+    assert_eq!(g.payload_json(), json!({}));
+    g.respond_result(json!({"collection": ["a"], "query": "limit=10"})).await;
+    c.response(id).await.assert_result(json!({"collections": {"test.list": ["a"]}}));
+    env.service.publish_event("test.list", "add", json!({"idx": 0, "value": "plain"})).await;
+    env.service.publish_event("test.list", "query", json!({"subject": "_QUERY.1"})).await;
+    let q = env.service.expect("_QUERY.1").await;
+    assert_eq!(q.payload_json(), json!({"query": "limit=10"}));
+    q.respond_result(json!({"events": [{"event": "add", "data": {"idx": 1, "value": "b"}}]})).await;
+    assert_eq!(c.next_message().await, json!({"event": "test.list.add", "data": {"idx": 1, "value": "b"}}));
+    let get = {
+        let addr = env.addr();
+        tokio::spawn(async move { http_request(addr, "GET", "/api/test/list", &[], b"").await })
+    };
+    env.service.expect("access.test.list").await.respond_access(true, None).await;
+    assert_eq!(get.await.unwrap().json(), json!(["a", "b"]));
+}
+
+/// Two spellings of one query on one connection are two subscriptions of one cache entry, each
+/// sent in full and evented under its own resource ID (Resgate keys subscriptions by the
+/// client's resource ID); over HTTP the second spelling gets the body too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_spellings_of_one_query_each_get_the_data() {
+    let mut env = TestEnv::start().await;
+    env.service.listen("_QUERY.>").await;
+    let mut c = env.client().await;
+    sub_query(&mut env, &mut c, "test.model?country=France&name=al", "country=france&name=al", json!({"n": 1})).await;
+    let id = c.send("subscribe.test.model?name=AL&country=France", json!(null)).await;
+    env.service.expect("access.test.model").await.respond_access(true, None).await;
+    env.service
+        .expect("get.test.model")
+        .await
+        .respond_result(json!({"model": {"n": 1}, "query": "country=france&name=al"}))
+        .await;
+    c.response(id).await.assert_result(json!({"models": {"test.model?name=AL&country=France": {"n": 1}}}));
+    // One query request for the one normalised query; the change goes out under both IDs.
+    env.service.publish_event("test.model", "query", json!({"subject": "_QUERY.2"})).await;
+    let q = env.service.expect("_QUERY.2").await;
+    assert_eq!(q.payload_json(), json!({"query": "country=france&name=al"}));
+    env.service.assert_no_request_on("_QUERY.2", QUIET).await;
+    q.respond_result(json!({"events": [{"event": "change", "data": {"values": {"n": 2}}}]})).await;
+    let mut got = vec![c.next_message().await, c.next_message().await];
+    got.sort_by_key(|v| v["event"].to_string());
+    assert_eq!(
+        got,
+        vec![
+            json!({"event": "test.model?country=France&name=al.change", "data": {"values": {"n": 2}}}),
+            json!({"event": "test.model?name=AL&country=France.change", "data": {"values": {"n": 2}}}),
+        ]
+    );
+    // Unsubscribing one spelling keeps the other.
+    c.request("unsubscribe.test.model?name=AL&country=France", json!(null)).await.result();
+    env.service.publish_event("test.model", "query", json!({"subject": "_QUERY.3"})).await;
+    env.service
+        .expect("_QUERY.3")
+        .await
+        .respond_result(json!({"events": [{"event": "change", "data": {"values": {"n": 3}}}]}))
+        .await;
+    assert_eq!(c.expect_event("test.model?country=France&name=al.change").await, json!({"values": {"n": 3}}));
+    c.assert_no_message(QUIET).await;
+    // HTTP, a third spelling: served from the cache entry, under the requested path.
+    let get = {
+        let addr = env.addr();
+        tokio::spawn(async move { http_request(addr, "GET", "/api/test/model?NAME=al&country=FRANCE", &[], b"").await })
+    };
+    env.service.expect("access.test.model").await.respond_access(true, None).await;
+    env.service
+        .expect("get.test.model")
+        .await
+        .respond_result(json!({"model": {"n": 3}, "query": "country=france&name=al"}))
+        .await;
+    let r = get.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"n": 3}));
+}
+
+/// Two query resources of one name with different normalised queries: one query event, one
+/// query request each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_query_request_per_normalized_query() {
+    let mut env = TestEnv::start().await;
+    env.service.listen("_QUERY.>").await;
+    let mut c = env.client().await;
+    sub_query(&mut env, &mut c, "test.model?q=a", "q=a", json!({"n": 1})).await;
+    sub_query(&mut env, &mut c, "test.model?q=b", "q=b", json!({"n": 1})).await;
+    sub_query(&mut env, &mut c, "test.model?q=A", "q=a", json!({"n": 1})).await;
+    env.service.publish_event("test.model", "query", json!({"subject": "_QUERY.x"})).await;
+    let mut queries: Vec<String> =
+        env.service.expect_n(2).await.iter().map(|r| r.payload_json()["query"].as_str().unwrap().to_owned()).collect();
+    queries.sort();
+    assert_eq!(queries, ["q=a", "q=b"]);
+    env.service.assert_no_request(QUIET).await;
 }

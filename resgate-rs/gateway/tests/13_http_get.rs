@@ -222,6 +222,8 @@ async fn head_has_status_and_headers_but_no_body() {
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("application/json"));
     assert!(r.body.is_empty(), "HEAD body: {:?}", r.text());
+    // The length the GET's body has, as Resgate (Go's net/http) tells it.
+    assert_eq!(r.header("content-length"), Some(r#"{"a":1}"#.len().to_string().as_str()));
     let r =
         get_with(&mut env, "HEAD", "/api/test/other", "test.other", json!({"result": {"get": false}}), json!({})).await;
     assert_eq!(r.status, 401);

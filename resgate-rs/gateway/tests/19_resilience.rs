@@ -313,8 +313,9 @@ async fn event_buffer_overflow_revalidates_after_the_burst_and_converges() {
     assert!(dropped > 0, "the burst never overflowed the buffer: the test proves nothing (gets: {gets})");
     assert!(gets >= 1, "{dropped} messages dropped but no re-validation");
     eprintln!("{dropped} messages dropped, {gets} re-validations");
-    // 1–2 here; 20 when every drop asked for one (the bound leaves room for a loaded machine).
-    assert!(gets <= 5, "{gets} re-validations for one burst ({dropped} messages dropped)");
+    // A handful here (a reset that comes while a re-fetch is in flight asks for one more, since
+    // that reply may predate it); tens of thousands if every drop asked for one.
+    assert!(gets <= 10, "{gets} re-validations for one burst ({dropped} messages dropped)");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(Instant::now() < deadline, "the client never reached the final state");

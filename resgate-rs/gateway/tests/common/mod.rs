@@ -555,6 +555,19 @@ impl WsClient {
         }
     }
 
+    /// The next message of any kind (response or event), in the order the gateway sent it.
+    pub async fn next_message(&mut self) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(v) = self.queue.pop_front() {
+                return v;
+            }
+            if !self.pump(deadline).await {
+                panic!("no message within {WAIT:?}; closed: {:?}", self.closed);
+            }
+        }
+    }
+
     pub async fn request(&mut self, method: &str, params: Value) -> Response {
         let id = self.send(method, params).await;
         self.response(id).await

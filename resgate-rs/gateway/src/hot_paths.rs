@@ -1,20 +1,20 @@
-//! The cache's hot paths, set up without NATS for the criterion benchmarks
+//! The gateway's hot paths, set up without NATS for the criterion benchmarks
 //! (`benches/hot_paths.rs`).
 
-use super::Entry;
-use crate::conn::{ConnMsg, ConnTx};
+use crate::cache::Entry;
+use crate::event::Outlet;
+use crate::inbox::{ConnMsg, ConnTx};
 use crate::metrics::Metrics;
 use res_protocol::service;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+pub use crate::ws::{Decoder, Incoming, encode_batch};
+
 /// A loaded model entry, `bench.item.0` = `{"t":0,"seq":0,"name":"bench"}`.
 fn loaded_entry() -> Arc<Entry> {
-    let entry = Arc::new(Entry::new(Arc::from("bench.item.0")));
     let get = service::decode_get(br#"{"result":{"model":{"t":0,"seq":0,"name":"bench"}}}"#).expect("valid get");
-    entry.state.lock().data = Some(get.data);
-    entry.loaded.set(Ok(())).expect("new entry");
-    entry
+    Entry::loaded_with("bench.item.0", get.data)
 }
 
 /// One entry with `n` subscribed connections, each with its inbox.
@@ -32,7 +32,8 @@ impl FanOut {
         for conn in 0..n {
             // No budget in the way: nothing here consumes the queued bytes.
             let (tx, rx) = ConnTx::new(usize::MAX / 2);
-            entry.register(conn as u64, &tx, false).expect("loaded");
+            let outlet: Arc<dyn Outlet> = Arc::new(tx);
+            entry.register(conn as u64, &outlet, false).expect("loaded");
             inboxes.push(rx);
         }
         let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
@@ -58,21 +59,21 @@ impl FanOut {
 /// A cache hit: a connection registering on a loaded entry and taking its snapshot.
 pub struct Lookup {
     entry: Arc<Entry>,
-    tx: ConnTx,
+    outlet: Arc<dyn Outlet>,
     _inbox: UnboundedReceiver<ConnMsg>,
 }
 
 impl Default for Lookup {
     fn default() -> Lookup {
         let (tx, inbox) = ConnTx::new(usize::MAX / 2);
-        Lookup { entry: loaded_entry(), tx, _inbox: inbox }
+        Lookup { entry: loaded_entry(), outlet: Arc::new(tx), _inbox: inbox }
     }
 }
 
 impl Lookup {
     /// Registers, snapshots and leaves again; returns the snapshot's length.
     pub fn hit(&self) -> usize {
-        let snap = self.entry.register(1, &self.tx, false).expect("loaded");
+        let snap = self.entry.register(1, &self.outlet, false).expect("loaded");
         self.entry.unregister(1);
         snap.json.len()
     }
