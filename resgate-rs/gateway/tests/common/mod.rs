@@ -539,6 +539,20 @@ impl WsClient {
         }
     }
 
+    /// The next `n` events, or fewer if they do not come within `WAIT` (the caller compares).
+    pub async fn take_events(&mut self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        let mut got = Vec::new();
+        while got.len() < n {
+            if let Some(i) = self.queue.iter().position(|v| v.get("event").is_some()) {
+                got.push(self.queue.remove(i).unwrap());
+            } else if !self.pump(deadline).await {
+                break;
+            }
+        }
+        got
+    }
+
     /// Events received so far and the ones that arrive within `d` (responses stay queued).
     pub async fn events_within(&mut self, d: Duration) -> Vec<Value> {
         let deadline = Instant::now() + d;
