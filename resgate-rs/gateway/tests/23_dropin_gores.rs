@@ -67,11 +67,7 @@ fn href(rid: &str) -> String {
 
 /// Resgate's `json` HTTP encoding of a collection of model references.
 fn http_collection(refs: &[Value], model_of: impl Fn(&Value) -> Value) -> Value {
-    Value::Array(
-        refs.iter()
-            .map(|r| json!({"href": href(r["rid"].as_str().unwrap()), "model": model_of(r)}))
-            .collect(),
-    )
+    Value::Array(refs.iter().map(|r| json!({"href": href(r["rid"].as_str().unwrap()), "model": model_of(r)})).collect())
 }
 
 /// The subscribe result for a collection of model references, with the models the connection
@@ -308,7 +304,8 @@ async fn book_collection_new_set_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn book_collection_store_follows_store_resets() {
     let (env, mut svc) = start(BookStore::default()).await;
-    let truth = |svc: &GoRes<BookStore>| -> Vec<Value> { svc.with(|s| s.collection_json().as_array().unwrap().clone()) };
+    let truth =
+        |svc: &GoRes<BookStore>| -> Vec<Value> { svc.with(|s| s.collection_json().as_array().unwrap().clone()) };
     let model_of = |svc: &GoRes<BookStore>, r: &Value| -> Value {
         let rid = r["rid"].as_str().unwrap();
         svc.with(|s| s.book_json(&rid["library.book.".len()..]))
@@ -318,12 +315,18 @@ async fn book_collection_store_follows_store_resets() {
     let refs0 = truth(&svc);
     let mut held1 = HashSet::new();
     let mut held2 = HashSet::new();
-    c1.request("subscribe.library.books", json!(null))
-        .await
-        .assert_result(sub_result("library.books", &refs0, &held1, |r| model_of(&svc, r)));
-    c2.request("subscribe.library.books", json!(null))
-        .await
-        .assert_result(sub_result("library.books", &refs0, &held2, |r| model_of(&svc, r)));
+    c1.request("subscribe.library.books", json!(null)).await.assert_result(sub_result(
+        "library.books",
+        &refs0,
+        &held1,
+        |r| model_of(&svc, r),
+    ));
+    c2.request("subscribe.library.books", json!(null)).await.assert_result(sub_result(
+        "library.books",
+        &refs0,
+        &held2,
+        |r| model_of(&svc, r),
+    ));
     held1.extend(rids_of(&refs0));
     held2.extend(rids_of(&refs0));
 
@@ -331,7 +334,8 @@ async fn book_collection_store_follows_store_resets() {
     // system.reset of library.books: the gateway re-gets it and sends the diff. The gateway
     // subscribes the caller to the new book before answering, so the reset's add event may come
     // first; whichever comes first carries the model.
-    let id = c1.send("call.library.books.new", json!({"title": "A Tale of Two Cities", "author": "Charles Dickens"})).await;
+    let id =
+        c1.send("call.library.books.new", json!({"title": "A Tale of Two Cities", "author": "Charles Dickens"})).await;
     let (before, resp) = c1.frames_until_response(id).await;
     let new_rid = resp.result()["rid"].as_str().expect("rid in the new response").to_owned();
     let new_model = model_of(&svc, &json!({ "rid": new_rid }));
@@ -424,9 +428,8 @@ async fn subscribe_query(c: &mut WsClient, svc: &GoRes<SearchQuery>, rid: &str, 
 }
 
 async fn new_customer(c: &mut WsClient, name: &str, country: &str) -> String {
-    let r = c
-        .request("call.search.customers.newCustomer", json!({"name": name, "email": "", "country": country}))
-        .await;
+    let r =
+        c.request("call.search.customers.newCustomer", json!({"name": name, "email": "", "country": country})).await;
     r.result()["rid"].as_str().unwrap_or_else(|| panic!("newCustomer result: {r:?}")).to_owned()
 }
 
@@ -518,7 +521,10 @@ async fn search_two_spellings_of_one_query() {
     let with_models: Vec<&Value> = got.iter().filter(|e| e["data"].get("models").is_some()).collect();
     assert_eq!(with_models.len(), 1, "{got:?}");
     // c2 made the call and holds the customer directly (resource response) already.
-    assert_eq!(c2.next_event().await, json!({"event": format!("{rid_b}.add"), "data": {"idx": idx, "value": {"rid": rid}}}));
+    assert_eq!(
+        c2.next_event().await,
+        json!({"event": format!("{rid_b}.add"), "data": {"idx": idx, "value": {"rid": rid}}})
+    );
     assert_eq!(query_requests(&svc), vec![AL_FR.to_owned()]);
     // resclient: both spellings resolve to the collection.
     let out = resclient(&env, "spellings").await;
@@ -541,9 +547,11 @@ async fn search_system_reset_refetches_with_the_normalized_query() {
     svc.clear();
     svc.restart().await;
     let (new_fr, new_all) = (truth(&svc, AL_FR), truth(&svc, ""));
-    let e1 = diff_events("search.customers?name=AL&country=France", &old_fr, &new_fr, &mut h1, &HashSet::new(), cust(&svc));
+    let e1 =
+        diff_events("search.customers?name=AL&country=France", &old_fr, &new_fr, &mut h1, &HashSet::new(), cust(&svc));
     let e2 = diff_events("search.customers", &old_all, &new_all, &mut h2, &HashSet::new(), cust(&svc));
-    let e3 = diff_events("search.customers?country=France&name=al", &old_fr, &new_fr, &mut h3, &HashSet::new(), cust(&svc));
+    let e3 =
+        diff_events("search.customers?country=France&name=al", &old_fr, &new_fr, &mut h3, &HashSet::new(), cust(&svc));
     assert!(!e1.is_empty() && !e2.is_empty());
     expect_events(&mut c1, &e1, "c1 after system.reset").await;
     expect_events(&mut c2, &e2, "c2 after system.reset").await;

@@ -160,15 +160,16 @@ async fn call_change_events_precede_the_response() {
         let direct = json!({"event": "soak.direct.change", "data": {"values": {"n": n}}});
         let reference = json!({"event": "soak.ref.change", "data": {"values": {"n": n}}});
         if !has_event(&before, &direct) || !has_event(&before, &reference) {
-            late.push(n);
+            late.push((n, before));
         }
     }
     traffic.stop().await;
     assert!(
         late.is_empty(),
-        "{} of {ROUNDS} set responses came before their change events (direct + through the reference); rounds {:?}",
+        "{} of {ROUNDS} set responses came before their change events (direct + through the reference); \
+         (round, frames before its response) {:?}",
         late.len(),
-        &late[..late.len().min(20)]
+        &late[..late.len().min(5)]
     );
 }
 
@@ -184,16 +185,16 @@ async fn new_add_event_precedes_the_resource_response() {
             "idx": n, "value": {"rid": rid}, "models": {rid.clone(): {"n": n}},
         }});
         if !has_event(&before, &add) {
-            late.push(n);
+            late.push((n, before));
         }
         assert_eq!(resp.result()["rid"], json!(rid), "{resp:?}");
     }
     traffic.stop().await;
     assert!(
         late.is_empty(),
-        "{} of {ROUNDS} `new` responses came before their add event; rounds {:?}",
+        "{} of {ROUNDS} `new` responses came before their add event; (round, frames before its response) {:?}",
         late.len(),
-        &late[..late.len().min(20)]
+        &late[..late.len().min(5)]
     );
 }
 

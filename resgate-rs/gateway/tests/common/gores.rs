@@ -321,12 +321,7 @@ async fn serve<E: Example>(
 }
 
 /// go-res' `handleRequest` + `processRequest` + `executeHandler` for one request.
-fn handle_request<E: Example>(
-    state: &Mutex<E>,
-    subject: &str,
-    req: &Value,
-    out: &mut Out<E::Change>,
-) -> Option<Value> {
+fn handle_request<E: Example>(state: &Mutex<E>, subject: &str, req: &Value, out: &mut Out<E::Change>) -> Option<Value> {
     let (rtype, rest) = subject.split_once('.')?;
     let (rname, method) = match rtype {
         "call" | "auth" => rest.rsplit_once('.')?,

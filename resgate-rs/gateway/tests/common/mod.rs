@@ -534,7 +534,10 @@ impl WsClient {
                 return (before, Response(self.queue.pop_front().unwrap()));
             }
             if !self.pump(deadline).await {
-                panic!("no response to request {id} within {WAIT:?}; received: {:?}; closed: {:?}", self.queue, self.closed);
+                panic!(
+                    "no response to request {id} within {WAIT:?}; received: {:?}; closed: {:?}",
+                    self.queue, self.closed
+                );
             }
         }
     }
