@@ -5,6 +5,8 @@
 
 #![allow(dead_code, clippy::print_stdout)]
 
+pub mod gores;
+
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use res_testkit::NatsServer;
@@ -521,6 +523,46 @@ impl WsClient {
 
     pub async fn send_message(&mut self, m: Message) -> Result<(), WsError> {
         self.sink.send(m).await
+    }
+
+    /// Everything that arrives before the response to `id`, in order, and the response.
+    pub async fn frames_until_response(&mut self, id: u64) -> (Vec<Value>, Response) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(i) = self.queue.iter().position(|v| v.get("id") == Some(&json!(id))) {
+                let before: Vec<Value> = self.queue.drain(..i).collect();
+                return (before, Response(self.queue.pop_front().unwrap()));
+            }
+            if !self.pump(deadline).await {
+                panic!(
+                    "no response to request {id} within {WAIT:?}; received: {:?}; closed: {:?}",
+                    self.queue, self.closed
+                );
+            }
+        }
+    }
+
+    /// The next `n` events, or fewer if they do not come within `WAIT` (the caller compares).
+    pub async fn take_events(&mut self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        let mut got = Vec::new();
+        while got.len() < n {
+            if let Some(i) = self.queue.iter().position(|v| v.get("event").is_some()) {
+                got.push(self.queue.remove(i).unwrap());
+            } else if !self.pump(deadline).await {
+                break;
+            }
+        }
+        got
+    }
+
+    /// Events received so far and the ones that arrive within `d` (responses stay queued).
+    pub async fn events_within(&mut self, d: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + d;
+        while self.pump(deadline).await {}
+        let (events, rest): (Vec<Value>, Vec<Value>) = self.queue.drain(..).partition(|v| v.get("event").is_some());
+        self.queue.extend(rest);
+        events
     }
 
     /// Sends a request; `params` is omitted when `Value::Null`. Returns the id.
