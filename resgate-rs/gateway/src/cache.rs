@@ -245,7 +245,7 @@ impl Entry {
                     ev.removed_refs.push(r.into());
                 }
             }
-            (EventKind::Delete, Some(data)) => {
+            (EventKind::Delete(_), Some(data)) => {
                 ev.removed_refs = data.hard_references().map(Arc::from).collect();
                 st.deleted = true;
             }
@@ -323,7 +323,7 @@ fn decode_event(name: &str, payload: &[u8], data: Option<&ResourceData>) -> Resu
             let ev = service::decode_remove_event(payload)?;
             EventKind::Remove { idx: usize::try_from(ev.idx).map_err(|_| ResError::internal("negative idx"))? }
         }
-        "delete" => EventKind::Delete,
+        "delete" => EventKind::Delete(raw_payload(payload)?),
         "reaccess" => EventKind::Reaccess,
         // Reserved names with no client meaning; `query` is handled by the name task.
         "create" | "patch" | "reset" | "unsubscribe" | "query" => return Ok(None),
@@ -331,14 +331,17 @@ fn decode_event(name: &str, payload: &[u8], data: Option<&ResourceData>) -> Resu
             if !res_protocol::is_valid_rid_part(custom) {
                 return Ok(None);
             }
-            let payload = if payload.is_empty() {
-                None
-            } else {
-                Some(serde_json::from_slice::<Box<RawValue>>(payload).map_err(ResError::internal)?)
-            };
-            EventKind::Custom { name: custom.to_owned(), payload }
+            EventKind::Custom { name: custom.to_owned(), payload: raw_payload(payload)? }
         }
     }))
+}
+
+/// An event payload passed on as it is: `None` when empty.
+fn raw_payload(payload: &[u8]) -> Result<Option<Box<RawValue>>, ResError> {
+    match payload.is_empty() {
+        true => Ok(None),
+        false => serde_json::from_slice::<Box<RawValue>>(payload).map(Some).map_err(ResError::internal),
+    }
 }
 
 /// The result of loading a resource and everything it references.
@@ -731,7 +734,7 @@ impl Cache {
     fn delete(&self, entry: &Arc<Entry>) {
         let n = {
             let mut st = entry.state.lock();
-            if st.deleted || st.data.is_none() { 0 } else { entry.apply_kind(&mut st, EventKind::Delete) }
+            if st.deleted || st.data.is_none() { 0 } else { entry.apply_kind(&mut st, EventKind::Delete(None)) }
         };
         self.0.metrics.event_deliveries.inc_by(n as u64);
         self.remove_entry(entry);

@@ -68,6 +68,8 @@ enum Pending {
         pins: HashMap<Arc<str>, Arc<Entry>>,
         started: Instant,
         label: &'static str,
+        /// Subscribes/gets of the same resource ID made meanwhile, answered right after.
+        followers: Vec<Follower>,
     },
     /// An event adding references, for each subscription of its entry that takes it.
     Event {
@@ -93,6 +95,23 @@ impl Pending {
     }
 }
 
+/// A call waiting for its resource's access check.
+struct PendingCall {
+    id: u64,
+    method: String,
+    params: Option<Box<RawValue>>,
+    is_new: bool,
+    started: Instant,
+    span: tracing::Span,
+}
+
+/// A subscribe/get waiting for the one in flight for the same resource ID.
+struct Follower {
+    id: u64,
+    mode: Mode,
+    started: Instant,
+}
+
 /// Everything a connection knows, owned by its task.
 pub struct Conn {
     pub id: ConnId,
@@ -109,6 +128,12 @@ pub struct Conn {
     subs: HashMap<Arc<str>, Sub>,
     /// The subscriptions on each held cache entry, by entry id: the entry's events go to each.
     by_entry: HashMap<u64, Arc<[Arc<str>]>>,
+    /// Resource IDs with a subscribe/get in flight, and the subscribes/gets of the same ID that
+    /// came after it: they share its access check and load, and are answered right after it,
+    /// in request order (as Resgate's per-subscription callbacks are).
+    in_flight: HashMap<Arc<str>, Vec<Follower>>,
+    /// Resource IDs with an access check in flight for calls, and the calls waiting for it.
+    access_waiting: HashMap<Arc<str>, Vec<PendingCall>>,
     blocked: Option<Pending>,
     queue: VecDeque<ConnMsg>,
     /// Frames to write.
@@ -129,6 +154,8 @@ impl Conn {
             http: Arc::new(http),
             subs: HashMap::new(),
             by_entry: HashMap::new(),
+            in_flight: HashMap::new(),
+            access_waiting: HashMap::new(),
             blocked: None,
             queue: VecDeque::new(),
             out: Vec::new(),
@@ -252,9 +279,15 @@ impl Conn {
                 pins: HashMap::new(),
                 started,
                 label: "get",
+                followers: Vec::new(),
             };
             return self.run_pending(p);
         }
+        if let Some(followers) = self.in_flight.get_mut(&rid) {
+            followers.push(Follower { id, mode, started });
+            return;
+        }
+        self.in_flight.insert(rid.clone(), Vec::new());
         let access_payload = cached.is_none().then(|| self.access_payload(&rid));
         self.spawn_resource(id, mode, rid, access_payload, cached, started, mode_label(mode));
     }
@@ -315,43 +348,76 @@ impl Conn {
     fn call(&mut self, id: u64, rid: &str, method: &str, params: Option<&RawValue>, is_new: bool, started: Instant) {
         let rid: Arc<str> = Arc::from(rid);
         let key = self.key_of(&rid);
-        let (name, query) = res_protocol::rid::split_query(&key);
-        let cached = self.subs.get(&rid).and_then(|s| s.access.clone());
-        let access_payload = cached.is_none().then(|| self.access_payload(&rid));
-        let subject = format!("call.{name}.{method}");
-        if !self.shared.nats.subject_fits(subject.len()) {
+        let (name, _) = res_protocol::rid::split_query(&key);
+        if !self.shared.nats.subject_fits("call.".len() + name.len() + 1 + method.len()) {
             // Checked before the access request, which has a shorter subject.
             return self.reply_error(id, &ResError::subject_too_long());
         }
-        let payload = self.request_fields(query, params).encode();
-        let shared = self.shared.clone();
-        let tx = self.tx.clone();
-        let method = method.to_owned();
-        tokio::spawn(
-            async move {
-                let access = match access_payload {
-                    Some(p) => Some(shared.access(&key, p).await),
-                    None => cached.map(Ok),
-                };
-                let allowed = match &access {
-                    Some(Ok(a)) if a.can_call(&method) => Ok(()),
-                    Some(Err(e)) => Err(e.clone()),
-                    _ => Err(ResError::access_denied()),
-                };
-                let done = move |tx: &ConnTx, result| {
-                    let c = Completion::Call { id, rid, access, result, is_new, started, label: "call" };
-                    tx.send(ConnMsg::Done(Box::new(c)));
-                };
-                match allowed {
-                    Ok(()) => {
-                        let conn = tx.clone();
-                        shared.call_ordered(&subject, payload, Some(&conn), &key, move |(r, _)| done(&tx, r)).await;
+        let call = PendingCall {
+            id,
+            method: method.to_owned(),
+            params: params.map(ToOwned::to_owned),
+            is_new,
+            started,
+            span: tracing::Span::current(),
+        };
+        if let Some(waiting) = self.access_waiting.get_mut(&rid) {
+            return waiting.push(call);
+        }
+        match self.subs.get(&rid).and_then(|s| s.access.clone()) {
+            Some(access) => self.send_call(&rid, Ok(&access), call),
+            None => {
+                self.access_waiting.insert(rid.clone(), vec![call]);
+                let payload = self.access_payload(&rid);
+                let shared = self.shared.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(
+                    async move {
+                        let result = shared.access(&key, payload).await;
+                        tx.send(ConnMsg::Done(Box::new(Completion::CallAccess { rid, result })));
                     }
-                    Err(e) => done(&tx, Err(e)),
-                }
+                    .in_current_span(),
+                );
             }
-            .in_current_span(),
-        );
+        }
+    }
+
+    /// The access check the calls on `rid` waited for: they go out in the order they came.
+    fn call_access(&mut self, rid: Arc<str>, result: Result<Access, ResError>) {
+        let calls = self.access_waiting.remove(&rid).unwrap_or_default();
+        if let (Ok(a), Some(sub)) = (&result, self.subs.get_mut(&rid)) {
+            sub.access = Some(a.clone());
+        }
+        for call in calls {
+            self.send_call(&rid, result.as_ref(), call);
+        }
+    }
+
+    /// Publishes a call the access allows (from the connection task, so calls reach the
+    /// service in the order the client made them), or answers the denial.
+    fn send_call(&mut self, rid: &Arc<str>, access: Result<&Access, &ResError>, call: PendingCall) {
+        let PendingCall { id, method, params, is_new, started, span } = call;
+        let denied = match access {
+            Ok(a) if a.can_call(&method) => None,
+            Ok(_) => Some(ResError::access_denied()),
+            Err(e) => Some(e.clone()),
+        };
+        if let Some(e) = denied {
+            self.observe("call", started);
+            return self.reply_error(id, &e);
+        }
+        let key = self.key_of(rid);
+        let (name, query) = res_protocol::rid::split_query(&key);
+        let subject = format!("call.{name}.{method}");
+        let payload = self.request_fields(query, params.as_deref()).encode();
+        let tx = self.tx.clone();
+        // In the client request's trace, whenever the access check let it go.
+        let _in_request = span.enter();
+        let reply = self.shared.call_ordered(&subject, payload, Some(&self.tx), &key, move |(result, _)| {
+            let c = Completion::Call { id, result, is_new, started, label: "call" };
+            tx.send(ConnMsg::Done(Box::new(c)));
+        });
+        tokio::spawn(reply.in_current_span());
     }
 
     fn auth(&mut self, id: u64, rid: &str, method: &str, params: Option<&RawValue>, started: Instant) {
@@ -363,21 +429,12 @@ impl Conn {
             return self.reply_error(id, &ResError::subject_too_long());
         }
         let payload = self.request_fields(query, params).encode_with(Some(&self.http));
-        let shared = self.shared.clone();
         let tx = self.tx.clone();
-        tokio::spawn(
-            async move {
-                let conn = tx.clone();
-                shared
-                    .call_ordered(&subject, payload, Some(&conn), &key, move |(result, _)| {
-                        let c =
-                            Completion::Call { id, rid, access: None, result, is_new: false, started, label: "auth" };
-                        tx.send(ConnMsg::Done(Box::new(c)));
-                    })
-                    .await;
-            }
-            .in_current_span(),
-        );
+        let reply = self.shared.call_ordered(&subject, payload, Some(&self.tx), &key, move |(result, _)| {
+            let c = Completion::Call { id, result, is_new: false, started, label: "auth" };
+            tx.send(ConnMsg::Done(Box::new(c)));
+        });
+        tokio::spawn(reply.in_current_span());
     }
 
     // === Inbox ===
@@ -434,31 +491,35 @@ impl Conn {
     fn completion(&mut self, c: Completion) {
         match c {
             Completion::Resource { id, mode, rid, access, graph, started, label } => {
+                let followers = match mode {
+                    Mode::CallResource => Vec::new(),
+                    _ => self.in_flight.remove(&rid).unwrap_or_default(),
+                };
                 let access = match access {
                     Some(Ok(a)) if a.get => Some(a),
                     Some(Ok(_)) => {
-                        return self.resource_denied(id, mode, &rid, ResError::access_denied(), started, label);
+                        return self.resource_failed(
+                            id,
+                            mode,
+                            &rid,
+                            ResError::access_denied(),
+                            started,
+                            label,
+                            followers,
+                        );
                     }
-                    Some(Err(e)) => return self.resource_denied(id, mode, &rid, e, started, label),
+                    Some(Err(e)) => return self.resource_failed(id, mode, &rid, e, started, label, followers),
                     None => None,
                 };
                 let graph = match graph {
                     Ok(g) => g,
-                    Err(e) => {
-                        if mode == Mode::CallResource {
-                            return self.resource_denied(id, mode, &rid, e, started, label);
-                        }
-                        self.observe(label, started);
-                        return self.reply_error(id, &e);
-                    }
+                    Err(e) => return self.resource_failed(id, mode, &rid, e, started, label, followers),
                 };
                 let Graph { entries: pins, errors } = graph;
-                self.run_pending(Pending::Reply { id, mode, rid, access, errors, pins, started, label });
+                self.run_pending(Pending::Reply { id, mode, rid, access, errors, pins, started, label, followers });
             }
-            Completion::Call { id, rid, access, result, is_new, started, label } => {
-                if let (Some(Ok(a)), Some(sub)) = (access, self.subs.get_mut(&rid)) {
-                    sub.access = Some(a);
-                }
+            Completion::CallAccess { rid, result } => self.call_access(rid, result),
+            Completion::Call { id, result, is_new, started, label } => {
                 self.call_result(id, result, is_new, started, label);
             }
             Completion::Access { rid, result } => {
@@ -470,6 +531,25 @@ impl Conn {
                     Err(e) => tracing::debug!(%rid, error = %e, "access re-check failed; keeping subscription"),
                 }
             }
+        }
+    }
+
+    /// A subscribe/get (and those that followed it) fails; a call's resource response still
+    /// succeeds, with the resource's error in `errors`.
+    #[allow(clippy::too_many_arguments)]
+    fn resource_failed(
+        &mut self,
+        id: u64,
+        mode: Mode,
+        rid: &str,
+        err: ResError,
+        started: Instant,
+        label: &'static str,
+        followers: Vec<Follower>,
+    ) {
+        self.resource_denied(id, mode, rid, err.clone(), started, label);
+        for f in followers {
+            self.resource_denied(f.id, f.mode, rid, err.clone(), f.started, mode_label(f.mode));
         }
     }
 
@@ -703,7 +783,7 @@ impl Conn {
 
     fn emit(&mut self, p: Pending) {
         match p {
-            Pending::Reply { id, mode, rid, access, errors, pins: _, started, label } => {
+            Pending::Reply { id, mode, rid, access, errors, pins: _, started, label, followers } => {
                 if let Some(sub) = self.subs.get_mut(&rid) {
                     if mode != Mode::Get {
                         sub.direct += 1;
@@ -730,6 +810,17 @@ impl Conn {
                 res.push(b'}');
                 self.observe(label, started);
                 self.push(client::result_frame(id, &res));
+                // The followers find the resources sent already: as in Resgate, a subscribe adds
+                // a direct subscription and both answer with no resources.
+                for f in followers {
+                    if f.mode == Mode::Subscribe
+                        && let Some(sub) = self.subs.get_mut(&rid)
+                    {
+                        sub.direct += 1;
+                    }
+                    self.observe(mode_label(f.mode), f.started);
+                    self.push(client::result_frame(f.id, b"{}"));
+                }
                 // Resources a get attached are written in its reply; with none written, the get
                 // attached nothing, and there is nothing for a sweep to drop.
                 if mode == Mode::Get && wrote {
@@ -772,49 +863,61 @@ impl Conn {
                 for rid in rids.iter() {
                     self.out.push(ev.frame(rid, legacy));
                 }
-                return;
             }
             EventKind::Reaccess => {
                 for rid in rids.iter() {
                     self.reaccess(rid);
                 }
-                return;
             }
-            _ => {}
-        }
-        let mut taking = Vec::with_capacity(rids.len());
-        for rid in rids.iter() {
-            let Some(sub) = self.subs.get_mut(rid) else { continue };
-            if ev.version <= sub.version {
-                continue;
-            }
-            sub.version = ev.version;
-            for r in &ev.removed_refs {
-                if let Some(i) = sub.refs.iter().position(|x| x == r) {
-                    sub.refs.swap_remove(i);
+            // The usual case, one subscription on the entry: no list to build.
+            _ if rids.len() == 1 => {
+                if self.take_event(&rids[0], &ev) {
+                    self.deliver_event(ev, &rids);
                 }
             }
-            sub.refs.extend(ev.added_refs.iter().cloned());
-            taking.push(rid.clone());
+            _ => {
+                let taking: Vec<Arc<str>> = rids.iter().filter(|rid| self.take_event(rid, &ev)).cloned().collect();
+                if !taking.is_empty() {
+                    self.deliver_event(ev, &taking);
+                }
+            }
         }
-        if taking.is_empty() {
-            return;
+    }
+
+    /// Applies an event to one subscription's state; `false` when its snapshot already had it.
+    fn take_event(&mut self, rid: &Arc<str>, ev: &ResourceEvent) -> bool {
+        let Some(sub) = self.subs.get_mut(rid) else { return false };
+        if ev.version <= sub.version {
+            return false;
         }
-        if matches!(ev.kind, EventKind::Delete) {
-            for rid in taking {
-                let direct = self.subs.get(&rid).map_or(0, |s| s.direct);
-                self.push(client::event_frame(&rid, "delete", None));
+        sub.version = ev.version;
+        for r in &ev.removed_refs {
+            if let Some(i) = sub.refs.iter().position(|x| x == r) {
+                sub.refs.swap_remove(i);
+            }
+        }
+        sub.refs.extend(ev.added_refs.iter().cloned());
+        true
+    }
+
+    /// Writes an applied event for the subscriptions that took it.
+    fn deliver_event(&mut self, ev: Arc<ResourceEvent>, rids: &[Arc<str>]) {
+        if matches!(ev.kind, EventKind::Delete(_)) {
+            let legacy = self.legacy();
+            for rid in rids {
+                let direct = self.subs.get(rid).map_or(0, |s| s.direct);
+                self.out.push(ev.frame(rid, legacy));
                 if direct > 0 {
-                    self.push_unsubscribe_event(&rid, &ResError::deleted());
+                    self.push_unsubscribe_event(rid, &ResError::deleted());
                 }
-                self.remove_sub(&rid);
+                self.remove_sub(rid);
             }
             self.collect_garbage();
             return;
         }
         if ev.added_refs.is_empty() {
             let legacy = self.legacy();
-            for rid in &taking {
+            for rid in rids {
                 self.out.push(ev.frame(rid, legacy));
             }
             if !ev.removed_refs.is_empty() {
@@ -822,7 +925,8 @@ impl Conn {
             }
             return;
         }
-        self.run_pending(Pending::Event { ev, rids: taking, errors: HashMap::new(), pins: HashMap::new() });
+        let rids = rids.to_vec();
+        self.run_pending(Pending::Event { ev, rids, errors: HashMap::new(), pins: HashMap::new() });
     }
 
     fn push_unsubscribe_event(&mut self, rid: &str, reason: &ResError) {

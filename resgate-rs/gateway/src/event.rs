@@ -28,11 +28,20 @@ pub struct ResourceEvent {
 
 pub enum EventKind {
     Change(Vec<(String, Value)>),
-    Add { idx: usize, value: Value },
-    Remove { idx: usize },
-    Delete,
+    Add {
+        idx: usize,
+        value: Value,
+    },
+    Remove {
+        idx: usize,
+    },
+    /// With the service's payload, passed on as the event's data (as Resgate does).
+    Delete(Option<Box<RawValue>>),
     Reaccess,
-    Custom { name: String, payload: Option<Box<RawValue>> },
+    Custom {
+        name: String,
+        payload: Option<Box<RawValue>>,
+    },
 }
 
 impl ResourceEvent {
@@ -53,7 +62,7 @@ impl ResourceEvent {
             EventKind::Change(_) => "change",
             EventKind::Add { .. } => "add",
             EventKind::Remove { .. } => "remove",
-            EventKind::Delete => "delete",
+            EventKind::Delete(_) => "delete",
             EventKind::Reaccess => "reaccess",
             EventKind::Custom { name, .. } => name,
         }
@@ -81,7 +90,16 @@ impl ResourceEvent {
                 out.extend_from_slice(p.get().as_bytes());
                 return true;
             }
-            EventKind::Custom { payload: None, .. } | EventKind::Delete | EventKind::Reaccess => return false,
+            EventKind::Delete(Some(p)) => {
+                out.extend_from_slice(p.get().as_bytes());
+                return true;
+            }
+            // Resgate encodes the missing payload as `"data":null`.
+            EventKind::Custom { payload: None, .. } | EventKind::Delete(None) => {
+                out.extend_from_slice(b"null");
+                return true;
+            }
+            EventKind::Reaccess => return false,
         }
         if !open {
             out.push(b'}');

@@ -333,7 +333,7 @@ async fn serve(req: Request<Incoming>, remote: SocketAddr, shared: &Shared, meth
                     Err(e) => {
                         return error_response(
                             shared,
-                            &ResError::new(code::BAD_REQUEST, format!("Bad request: {e}")),
+                            &ResError::new(code::BAD_REQUEST, format!("Error decoding request body: {e}")),
                             None,
                         );
                     }

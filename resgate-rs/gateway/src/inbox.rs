@@ -144,16 +144,10 @@ pub enum Completion {
         started: Instant,
         label: &'static str,
     },
+    /// The access check calls on `rid` waited for.
+    CallAccess { rid: Arc<str>, result: Result<Access, ResError> },
     /// A call, auth or new request answered by the service.
-    Call {
-        id: u64,
-        rid: Arc<str>,
-        access: Option<Result<Access, ResError>>,
-        result: Result<CallResult, ResError>,
-        is_new: bool,
-        started: Instant,
-        label: &'static str,
-    },
+    Call { id: u64, result: Result<CallResult, ResError>, is_new: bool, started: Instant, label: &'static str },
     /// A re-done access check (after reaccess or a token change).
     Access { rid: Arc<str>, result: Result<Access, ResError> },
 }

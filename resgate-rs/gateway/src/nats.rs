@@ -48,7 +48,7 @@ pub enum ConnectionEvent {
 enum Delivery {
     Message(Message),
     /// A reply waiting behind this point of the subscription's messages.
-    Fence(Arc<Release>),
+    Fence(#[allow(dead_code, reason = "held for its drop")] Arc<Release>),
 }
 
 /// Why a request got no reply from a service.
@@ -97,18 +97,23 @@ struct Waiting {
     done: tokio::sync::oneshot::Sender<ServiceReply>,
 }
 
-/// A reply held behind fences: runs once the last of them (and the reader) let go.
-pub struct Release {
-    remaining: std::sync::atomic::AtomicUsize,
-    run: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+/// A reply held behind fences. Every fence holds a share, and so does the reader while it
+/// places them; the reply is let go when the last share is dropped — a fence reached by its
+/// consumer, or dropped with its channel when the subscription goes away, or one that could not
+/// be queued.
+struct Release {
+    /// A fence could not be queued on a full channel and the reply must then fail.
+    failed: AtomicBool,
+    run: Mutex<Option<ReleaseRun>>,
 }
 
-impl Release {
-    fn pass(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(run) = self.run.lock().take()
-        {
-            run();
+/// What a release runs, told whether a fence failed.
+type ReleaseRun = Box<dyn FnOnce(bool) + Send>;
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.get_mut().take() {
+            run(self.failed.load(Ordering::Acquire));
         }
     }
 }
@@ -133,6 +138,63 @@ struct Inner {
     /// of drops asks for one re-validation (and logs once), not one per message.
     resync_pending: AtomicBool,
     metrics: Arc<Metrics>,
+}
+
+/// A published request, waiting for its reply.
+struct Sent {
+    nats: Nats,
+    id: u64,
+    kind: &'static str,
+    started: Instant,
+    span: tracing::Span,
+    extended: mpsc::Receiver<Option<Duration>>,
+    finished: tokio::sync::oneshot::Receiver<ServiceReply>,
+}
+
+impl Sent {
+    async fn wait(mut self) -> ServiceReply {
+        let inner = self.nats.0.clone();
+        let span = self.span.clone();
+        let wait = async {
+            let mut deadline = tokio::time::Instant::now() + inner.timeout;
+            loop {
+                tokio::select! {
+                    r = &mut self.finished => break r.unwrap_or_else(|_| Err(ResError::timeout().into())),
+                    Some(extend) = self.extended.recv() => {
+                        if let Some(d) = extend {
+                            deadline = tokio::time::Instant::now() + d;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        // Still pending: no reply came in time. Gone from `pending`: the reply
+                        // came and waits behind its fences; wait until it is let go.
+                        if inner.pending.lock().remove(&self.id).is_some() {
+                            break Err(ResError::timeout().into());
+                        }
+                        break (&mut self.finished).await.unwrap_or_else(|_| Err(ResError::timeout().into()));
+                    }
+                }
+            }
+        };
+        let result = wait.instrument(span).await;
+        inner
+            .metrics
+            .nats_request_duration
+            .get_or_create(&crate::metrics::KindLabel { kind: self.kind })
+            .observe(self.started.elapsed().as_secs_f64());
+        if let Ok(p) = &result {
+            tracing::trace!(reply = %String::from_utf8_lossy(p), "nats response");
+        }
+        result
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        // However it ended (reply, timeout, publish failure, or its caller gone): no reply is
+        // routed to it any more.
+        self.nats.0.pending.lock().remove(&self.id);
+    }
 }
 
 /// A cheap handle to the NATS connection.
@@ -161,7 +223,8 @@ impl Subscription {
         loop {
             match self.rx.recv().await? {
                 Delivery::Message(m) => return Some(m),
-                Delivery::Fence(release) => release.pass(),
+                // Reached: this share of the reply is let go.
+                Delivery::Fence(_) => {}
             }
         }
     }
@@ -238,10 +301,12 @@ impl Nats {
 
     /// Sends a request whose final reply is held behind fences on the routes `fences` picks when
     /// the reply arrives (see the module comment), then handed to `on_reply` by whichever
-    /// consumer passes the last fence. Returns once `on_reply` ran; or with the error that kept
-    /// it from running (timeout, publish failure), in which case it never runs. Once the reply
-    /// has arrived the request no longer times out: what remains is local work.
-    pub async fn request_ordered(
+    /// consumer passes the last fence. The request is published before this returns, so
+    /// requests made one after the other reach NATS in that order. The future ends once
+    /// `on_reply` ran; or with the error that kept it from running (timeout, publish failure),
+    /// in which case it never runs. Once the reply has arrived the request no longer times out:
+    /// what remains is local work.
+    pub fn request_ordered(
         &self,
         kind: &'static str,
         subject: &str,
@@ -249,17 +314,16 @@ impl Nats {
         fences: impl FnOnce(&ServiceReply) -> Vec<Route> + Send + 'static,
         when_full: WhenFull,
         on_reply: impl FnOnce(ServiceReply) + Send + 'static,
-    ) -> Result<(), RequestError> {
+    ) -> impl Future<Output = Result<(), RequestError>> + Send + 'static {
         let fences: Fences = Box::new(fences);
         let on_reply: OnReply = Box::new(on_reply);
-        self.send_request(kind, subject, payload, move |waiting| Pending::Ordered {
+        let sent = self.publish_request(kind, subject, payload, move |waiting| Pending::Ordered {
             fences,
             when_full,
             waiting,
             on_reply,
-        })
-        .await
-        .map(drop)
+        });
+        async move { sent?.wait().await.map(drop) }
     }
 
     async fn send_request(
@@ -269,16 +333,26 @@ impl Nats {
         payload: Vec<u8>,
         pending: impl FnOnce(Waiting) -> Pending,
     ) -> ServiceReply {
+        self.publish_request(kind, subject, payload, pending)?.wait().await
+    }
+
+    /// Registers and publishes a request; the returned [`Sent`] waits for its reply.
+    fn publish_request(
+        &self,
+        kind: &'static str,
+        subject: &str,
+        payload: Vec<u8>,
+        pending: impl FnOnce(Waiting) -> Pending,
+    ) -> Result<Sent, RequestError> {
         let inner = &self.0;
         if !self.subject_fits(subject.len()) {
             return Err(ResError::subject_too_long().into());
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let reply = format!("{}.{id}", inner.inbox_prefix);
-        let (extend, mut extended) = mpsc::channel(4);
-        let (done, mut finished) = tokio::sync::oneshot::channel();
+        let (extend, extended) = mpsc::channel(4);
+        let (done, finished) = tokio::sync::oneshot::channel();
         inner.pending.lock().insert(id, pending(Waiting { extend, done }));
-        let started = Instant::now();
         tracing::trace!(subject, payload = %String::from_utf8_lossy(&payload), "nats request");
         // A child of the client request's span; its context travels in the headers, so the
         // service's handler span becomes its child.
@@ -288,43 +362,12 @@ impl Nats {
             tracing::Span::none()
         };
         let headers = res_telemetry::trace_context::nats_headers_for(&span);
-        let result = match inner.client.publish(subject, Some(&reply), headers.as_ref(), payload.into()) {
+        let sent = Sent { nats: self.clone(), id, kind, started: Instant::now(), span, extended, finished };
+        match inner.client.publish(subject, Some(&reply), headers.as_ref(), payload.into()) {
+            Ok(()) => Ok(sent),
+            // `sent` is dropped: the request leaves `pending`.
             Err(e) => Err(ResError::internal(format!("publishing request: {e}")).into()),
-            Ok(()) => {
-                let wait = async {
-                    let mut deadline = tokio::time::Instant::now() + inner.timeout;
-                    loop {
-                        tokio::select! {
-                            r = &mut finished => break r.unwrap_or_else(|_| Err(ResError::timeout().into())),
-                            Some(extend) = extended.recv() => {
-                                if let Some(d) = extend {
-                                    deadline = tokio::time::Instant::now() + d;
-                                }
-                            }
-                            _ = tokio::time::sleep_until(deadline) => {
-                                // Still pending: no reply came in time. Gone from `pending`: the
-                                // reply came and waits behind its fences; wait until it is let go.
-                                if inner.pending.lock().remove(&id).is_some() {
-                                    break Err(ResError::timeout().into());
-                                }
-                                break (&mut finished).await.unwrap_or_else(|_| Err(ResError::timeout().into()));
-                            }
-                        }
-                    }
-                };
-                wait.instrument(span).await
-            }
-        };
-        inner.pending.lock().remove(&id);
-        inner
-            .metrics
-            .nats_request_duration
-            .get_or_create(&crate::metrics::KindLabel { kind })
-            .observe(started.elapsed().as_secs_f64());
-        if let Ok(p) = &result {
-            tracing::trace!(subject, reply = %String::from_utf8_lossy(p), "nats response");
         }
-        result
     }
 
     /// Subscribes to `subject`; see [`Subscription`].
@@ -390,8 +433,8 @@ impl Inner {
         }
     }
 
-    /// Queues a fence on every route the reply must wait behind; the reader holds one more
-    /// share, so the reply cannot be let go before every fence is in place.
+    /// Queues a fence on every route the reply must wait behind; the reader holds a share of
+    /// its own until all are queued, so the reply cannot be let go before.
     fn fence(
         &self,
         reply: ServiceReply,
@@ -401,40 +444,26 @@ impl Inner {
         on_reply: OnReply,
     ) {
         let routes = fences(&reply);
-        let dropped = Arc::new(AtomicBool::new(false));
-        let release = Arc::new(Release {
-            remaining: std::sync::atomic::AtomicUsize::new(routes.len() + 1),
-            run: Mutex::new(None),
-        });
-        let run = {
-            let dropped = dropped.clone();
-            move || {
-                let reply = match dropped.load(Ordering::Acquire) {
-                    true => Err(ResError::internal("reply dropped: subscription buffer full").into()),
-                    false => reply,
-                };
-                on_reply(reply);
-                let _ = done.send(Ok(Bytes::new()));
-            }
+        let run = move |failed: bool| {
+            let reply = match failed {
+                true => Err(ResError::internal("reply dropped: subscription buffer full").into()),
+                false => reply,
+            };
+            on_reply(reply);
+            let _ = done.send(Ok(Bytes::new()));
         };
-        *release.run.lock() = Some(Box::new(run));
+        let release = Arc::new(Release { failed: AtomicBool::new(false), run: Mutex::new(Some(Box::new(run))) });
         for route in routes {
-            match route.0.try_send(Delivery::Fence(release.clone())) {
-                Ok(()) => {}
-                // The subscription is gone: nothing of it is left to wait for.
-                Err(mpsc::error::TrySendError::Closed(_)) => release.pass(),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Dropped like any message of a full subscription; the re-validation after
-                    // a slow consumer repairs the rest.
-                    if when_full == WhenFull::Fail {
-                        dropped.store(true, Ordering::Release);
-                    }
-                    self.slow_consumer();
-                    release.pass();
+            // A fence that cannot be queued is dropped here, and its share with it.
+            if let Err(mpsc::error::TrySendError::Full(_)) = route.0.try_send(Delivery::Fence(release.clone())) {
+                // Dropped like any message of a full subscription; the re-validation after a
+                // slow consumer repairs the rest.
+                if when_full == WhenFull::Fail {
+                    release.failed.store(true, Ordering::Release);
                 }
+                self.slow_consumer();
             }
         }
-        release.pass();
     }
 
     fn slow_consumer(&self) {

@@ -79,30 +79,38 @@ impl Shared {
     /// ahead of it for the called resource and for the resource the reply names, nor, for a
     /// connection, before its token events and the events of every resource it holds. A service
     /// that publishes an event and then replies is therefore seen in that order, as with
-    /// Resgate (which orders a reply after the called resource's events only).
-    pub async fn call_ordered(
+    /// Resgate (which orders a reply after the called resource's events only). The request is
+    /// published before this returns (requests keep the order they are made in); the future
+    /// ends once `deliver` ran.
+    pub fn call_ordered(
         &self,
         subject: &str,
         payload: Vec<u8>,
         conn: Option<&ConnTx>,
         key: &str,
         deliver: impl FnOnce(CallReply) + Send + 'static,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'static {
         let kind = if subject.starts_with("auth.") { "auth" } else { "call" };
         let slot = Arc::new(Mutex::new(Some(deliver)));
         let in_order = slot.clone();
-        let sent = self
-            .nats
-            .request_ordered(kind, subject, payload, self.fences_for(conn, key), WhenFull::Pass, move |reply| {
+        let sent = self.nats.request_ordered(
+            kind,
+            subject,
+            payload,
+            self.fences_for(conn, key),
+            WhenFull::Pass,
+            move |reply| {
                 if let Some(deliver) = in_order.lock().take() {
                     deliver(decode_call_reply(reply));
                 }
-            })
-            .await;
-        if let Err(e) = sent
-            && let Some(deliver) = slot.lock().take()
-        {
-            deliver((Err(e.into()), None));
+            },
+        );
+        async move {
+            if let Err(e) = sent.await
+                && let Some(deliver) = slot.lock().take()
+            {
+                deliver((Err(e.into()), None));
+            }
         }
     }
 

@@ -411,3 +411,41 @@ async fn reference_throttle_limits_parallel_gets() {
     assert_eq!(r["models"], Value::Object(expected));
     assert_eq!(r["collections"], json!({"test.collection": refs}));
 }
+
+/// Pipelined subscribes and gets of one resource on one connection share one access check and
+/// load, and are answered in request order: the first with the resource, the rest with nothing
+/// more to send (as Resgate answers the callbacks queued on one subscription).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_for_one_resource_share_access_and_keep_order() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    let a = c.send("subscribe.test.model", json!(null)).await;
+    let b = c.send("subscribe.test.model", json!(null)).await;
+    let g = c.send("get.test.model", json!(null)).await;
+    // A request the gateway makes only after handling the three: then they are all pending.
+    let marker = c.send("call.test.marker.ping", json!(null)).await;
+    let mut reqs = env.service.expect_n(3).await;
+    reqs.sort_by(|x, y| x.subject.cmp(&y.subject));
+    let subjects: Vec<&str> = reqs.iter().map(|r| r.subject.as_str()).collect();
+    assert_eq!(subjects, ["access.test.marker", "access.test.model", "get.test.model"]);
+    reqs[0].respond_access(false, None).await;
+    reqs[1].respond_access(true, None).await;
+    reqs[2].respond_model(json!({"n": 1})).await;
+    c.response(marker).await.assert_error("system.accessDenied");
+    env.service.assert_no_request(QUIET).await;
+    let got = [c.next_message().await, c.next_message().await, c.next_message().await];
+    assert_eq!(
+        got,
+        [
+            json!({"id": a, "result": {"models": {"test.model": {"n": 1}}}}),
+            json!({"id": b, "result": {}}),
+            json!({"id": g, "result": {}}),
+        ]
+    );
+    // Two direct subscriptions: one unsubscribe keeps the events coming.
+    c.request("unsubscribe.test.model", json!(null)).await.result();
+    env.service.publish_event("test.model", "change", json!({"values": {"n": 2}})).await;
+    assert_eq!(c.expect_event("test.model.change").await, json!({"values": {"n": 2}}));
+    c.request("unsubscribe.test.model", json!(null)).await.result();
+    c.request("unsubscribe.test.model", json!(null)).await.assert_error("system.noSubscription");
+}

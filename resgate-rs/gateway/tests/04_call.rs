@@ -381,3 +381,66 @@ async fn http_get_after_post_sees_the_change_published_before_the_reply() {
         assert_eq!(get.await.unwrap().json(), json!({ "n": n }), "GET after POST {n}");
     }
 }
+
+/// A service that deletes the resource and then replies (the gateway stops listening to a
+/// deleted resource's events): the reply still comes, after the delete, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_after_a_delete_event_is_not_lost() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    for n in 0..100 {
+        let rid = format!("test.model.{n}");
+        let id = c.send(&format!("subscribe.{rid}"), json!(null)).await;
+        env.service.serve_model(&rid, json!({ "n": n })).await;
+        c.response(id).await.result();
+        let id = c.send(&format!("call.{rid}.remove"), json!(null)).await;
+        let req = env.service.expect(&format!("call.{rid}.remove")).await;
+        env.service.publish_event_noflush(&rid, "delete", &json!(null)).await;
+        req.respond_result(json!(null)).await;
+        assert_eq!(c.next_message().await, json!({"event": format!("{rid}.delete"), "data": null}), "{n}");
+        let unsub = c.next_message().await;
+        assert_eq!(unsub["event"], json!(format!("{rid}.unsubscribe")), "{n}: {unsub}");
+        assert_eq!(c.next_message().await, json!({"id": id, "result": {"payload": null}}), "{n}");
+    }
+}
+
+/// Calls made back to back reach the service in the order the client made them, subscribed
+/// (cached access) or not (one access check, then the calls in order), and their replies come
+/// back in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_calls_keep_their_order() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    for subscribed in [false, true] {
+        if subscribed {
+            let id = c.send("subscribe.test.model", json!(null)).await;
+            env.service.serve_model("test.model", json!({})).await;
+            c.response(id).await.result();
+        }
+        let mut sent = Vec::new();
+        for n in 0..20 {
+            sent.push(c.send("call.test.model.set", json!({ "n": n })).await);
+        }
+        // Unsubscribed, the calls wait for an access check, made again for calls that come after
+        // it was answered (as Resgate checks each call of an unsubscribed resource).
+        let mut n = 0;
+        while n < 20 {
+            let req = env
+                .service
+                .expect_where("a call or access", |s| s.ends_with("test.model.set") || s.starts_with("access."))
+                .await;
+            if req.subject.starts_with("access.") {
+                assert!(!subscribed, "access cached while subscribed");
+                req.respond_access(true, Some("*")).await;
+                continue;
+            }
+            assert_eq!(req.payload_json()["params"], json!({ "n": n }), "subscribed: {subscribed}");
+            req.respond_result(json!(n)).await;
+            n += 1;
+        }
+        for (n, id) in sent.into_iter().enumerate() {
+            assert_eq!(c.next_message().await, json!({"id": id, "result": {"payload": n}}));
+        }
+        env.service.assert_no_request(QUIET).await;
+    }
+}

@@ -88,7 +88,7 @@ async fn reset_not_found_becomes_delete() {
     sub_model(&mut env, &mut c, "test.model", json!({"a": 1})).await;
     env.service.publish_json("system.reset", json!({"resources": ["test.model"]})).await;
     env.service.expect("get.test.model").await.respond_error("system.notFound", "Not found").await;
-    assert_eq!(c.next_event().await, json!({"event": "test.model.delete"}));
+    assert_eq!(c.next_event().await, json!({"event": "test.model.delete", "data": null}));
     assert_eq!(c.expect_event("test.model.unsubscribe").await, json!({"reason": err("system.deleted", "Deleted")}));
 }
 

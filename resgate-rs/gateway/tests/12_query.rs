@@ -86,7 +86,7 @@ async fn query_event_model_reply_is_diffed_and_not_found_deletes() {
     assert_eq!(c.expect_event("test.model?q=foo.change").await, json!({"values": {"b": {"action": "delete"}, "c": 3}}));
     env.service.publish_event("test.model", "query", json!({"subject": "_QUERY.n"})).await;
     env.service.expect("_QUERY.n").await.respond_error("system.notFound", "Not found").await;
-    assert_eq!(c.next_event().await, json!({"event": "test.model?q=foo.delete"}));
+    assert_eq!(c.next_event().await, json!({"event": "test.model?q=foo.delete", "data": null}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,7 +80,7 @@ async fn nats_restart_resource_deleted_meanwhile() {
     env.nats.restart();
     let get = await_get_granting_access(&mut env, "test.model", Duration::from_secs(20)).await;
     get.respond_error("system.notFound", "Not found").await;
-    assert_eq!(c.next_event().await, json!({"event": "test.model.delete"}));
+    assert_eq!(c.next_event().await, json!({"event": "test.model.delete", "data": null}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

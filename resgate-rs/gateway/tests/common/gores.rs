@@ -246,7 +246,7 @@ async fn serve<E: Example>(
     let patterns = json!([name, format!("{name}.>")]);
     let reset = json!({"resources": patterns, "access": patterns});
     client.publish("system.reset", serde_json::to_vec(&reset).unwrap().into()).await.expect("publish reset");
-    client.flush().await.expect("flush");
+    super::synced_with_server(&client).await;
     tokio::spawn(async move {
         let (expire_tx, mut expire_rx) = mpsc::unbounded_channel::<u64>();
         let mut queries: HashMap<u64, (String, Arc<E::Change>, AbortHandle)> = HashMap::new();

@@ -220,7 +220,7 @@ impl Service {
     /// Also hands requests on `subject` (e.g. a query-event inbox) to the test.
     pub async fn listen(&mut self, subject: &str) {
         let mut sub = self.client.subscribe(subject.to_owned()).await.expect("subscribe");
-        self.client.flush().await.expect("flush subscribe");
+        synced_with_server(&self.client).await;
         let tx = self.tx.clone();
         let client = self.client.clone();
         tokio::spawn(async move {
@@ -395,6 +395,16 @@ pub enum Incoming {
     Close(Option<(u16, String)>),
     /// The stream ended or failed without a close frame.
     Ended(String),
+}
+
+/// Returns once the server has processed everything this client sent before (subscriptions
+/// included): a flush only hands the bytes to the socket, and a request another connection
+/// sends right after could otherwise meet no interest yet ("no responders").
+pub async fn synced_with_server(client: &async_nats::Client) {
+    let probe = client.new_inbox();
+    let mut sub = client.subscribe(probe.clone()).await.expect("subscribe probe");
+    client.publish(probe, Bytes::new()).await.expect("publish probe");
+    timeout(WAIT, sub.next()).await.expect("the server echoes the probe").expect("probe subscription open");
 }
 
 /// A RES client over tokio-tungstenite; a reader task queues everything it receives.

@@ -7,7 +7,8 @@ const ResClient = require('resclient').default;
 const WebSocket = require('ws');
 
 const [url, scenario] = process.argv.slice(2);
-const out = (o) => console.log(JSON.stringify(o));
+// Written synchronously: process.exit() would cut off what console.log still buffers for a pipe.
+const out = (o) => require('fs').writeSync(1, JSON.stringify(o) + '\n');
 const fail = (what, e) => {
   out({ error: what, detail: e && (e.code ? { code: e.code, message: e.message } : String(e && e.stack || e)) });
   process.exit(1);
