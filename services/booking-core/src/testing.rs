@@ -21,7 +21,7 @@ pub struct Env {
 impl Env {
     pub async fn start() -> Env {
         let (nats, pg, redis) =
-            tokio::task::spawn_blocking(|| (NatsServer::start(), PostgresServer::start(), RedisServer::start()))
+            tokio::task::spawn_blocking(|| (NatsServer::start_jetstream(), PostgresServer::start(), RedisServer::start()))
                 .await
                 .expect("start servers");
         let db_url = pg.create_database();
@@ -44,6 +44,7 @@ impl Env {
             nats: self.nats_client().await,
             db: self.pool(),
             redis: connect_redis(&self.redis.url()).await.expect("connect to redis"),
+            events: crate::config::EventsConfig::default(),
         }
     }
 
