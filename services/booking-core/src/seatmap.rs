@@ -412,8 +412,14 @@ impl SeatStore {
     async fn publish(&self, dep: i64, touched: &[String]) -> Result<(), BookingError> {
         let map = self.snapshot(dep).await?;
         let c = map.counts();
-        let changed =
-            SeatsChanged { departure_id: dep, total: c.total, free: c.free, held: c.held, sold: c.sold, at: Utc::now() };
+        let changed = SeatsChanged {
+            departure_id: dep,
+            total: c.total,
+            free: c.free,
+            held: c.held,
+            sold: c.sold,
+            at: Utc::now(),
+        };
         let payload = serde_json::to_value(&changed).map_err(res_service::EventError::Encode)?;
         crate::outbox::record(&self.inner.db.get().await?, dep, SEATS_CHANGED_SUBJECT, payload).await?;
         self.inner.outbox.committed();

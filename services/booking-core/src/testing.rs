@@ -20,10 +20,11 @@ pub struct Env {
 
 impl Env {
     pub async fn start() -> Env {
-        let (nats, pg, redis) =
-            tokio::task::spawn_blocking(|| (NatsServer::start_jetstream(), PostgresServer::start(), RedisServer::start()))
-                .await
-                .expect("start servers");
+        let (nats, pg, redis) = tokio::task::spawn_blocking(|| {
+            (NatsServer::start_jetstream(), PostgresServer::start(), RedisServer::start())
+        })
+        .await
+        .expect("start servers");
         let db_url = pg.create_database();
         let env = Env { nats, pg, redis, db_url };
         crate::db::migrate(&env.pool()).await.expect("migrate");

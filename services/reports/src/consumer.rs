@@ -45,9 +45,21 @@ pub struct ConsumerMetrics {
 impl ConsumerMetrics {
     pub fn register(&self, r: &mut Registry) {
         r.register("reports_events_applied", "Order events applied to the read model", self.applied.clone());
-        r.register("reports_events_duplicate", "Redelivered order events found already applied", self.duplicates.clone());
-        r.register("reports_events_rejected", "Events that are not valid order events (terminated)", self.rejected.clone());
-        r.register("reports_consumer_pending", "Events in the stream not yet delivered to the consumer", self.pending.clone());
+        r.register(
+            "reports_events_duplicate",
+            "Redelivered order events found already applied",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "reports_events_rejected",
+            "Events that are not valid order events (terminated)",
+            self.rejected.clone(),
+        );
+        r.register(
+            "reports_consumer_pending",
+            "Events in the stream not yet delivered to the consumer",
+            self.pending.clone(),
+        );
         r.register("reports_consumer_ack_pending", "Events delivered and not yet acked", self.ack_pending.clone());
     }
 }

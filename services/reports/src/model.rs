@@ -108,8 +108,9 @@ impl ReadModel {
             .await?
             .ok_or(BookingError::NotFound)?
             .get(0);
-        let row =
-            client.query_opt(&format!("SELECT {COUNTERS} FROM report_departures WHERE departure_id = $1"), &[&dep]).await?;
+        let row = client
+            .query_opt(&format!("SELECT {COUNTERS} FROM report_departures WHERE departure_id = $1"), &[&dep])
+            .await?;
         let mut m = counters(row.as_ref());
         let occupied = m["seatsSold"].as_i64().unwrap_or(0) - m["seatsCancelled"].as_i64().unwrap_or(0);
         m.insert("departureId".into(), dep.into());

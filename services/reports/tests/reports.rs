@@ -46,7 +46,8 @@ async fn model_and_truth(env: &Env) -> [(Vec<Vec<i64>>, Vec<Vec<i64>>); 2] {
                 .collect::<Vec<_>>()
         }
     };
-    let per_order = "WITH o AS (SELECT o.*, (SELECT count(*) FROM tickets t WHERE t.order_id = o.id) AS n FROM orders o)";
+    let per_order =
+        "WITH o AS (SELECT o.*, (SELECT count(*) FROM tickets t WHERE t.order_id = o.id) AS n FROM orders o)";
     let dep_model = rows(format!("SELECT departure_id, {counters} FROM report_departures ORDER BY 1")).await;
     let dep_truth = rows(format!(
         "{per_order} SELECT departure_id, count(*), sum(n)::int8, sum(total_cents)::int8,
@@ -57,7 +58,8 @@ async fn model_and_truth(env: &Env) -> [(Vec<Vec<i64>>, Vec<Vec<i64>>); 2] {
     ))
     .await;
     // Days as UTC dates in days since the epoch, so every column is an integer.
-    let day_model = rows(format!("SELECT (day - DATE '1970-01-01')::int8, {counters} FROM report_days ORDER BY 1")).await;
+    let day_model =
+        rows(format!("SELECT (day - DATE '1970-01-01')::int8, {counters} FROM report_days ORDER BY 1")).await;
     let day_truth = rows(format!(
         "{per_order}, e AS (
              SELECT (created_at AT TIME ZONE 'UTC')::date AS day, 1 AS placed, n AS sold, total_cents AS revenue,

@@ -131,8 +131,13 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let metrics = BookingMetrics::default();
     metrics.register_holds(registry);
-    let store =
-        SeatStore::new(deps.db.clone(), deps.redis.clone(), res_service::Events::new(deps.nats.clone()), holds, metrics);
+    let store = SeatStore::new(
+        deps.db.clone(),
+        deps.redis.clone(),
+        res_service::Events::new(deps.nats.clone()),
+        holds,
+        metrics,
+    );
     let cancel = CancellationToken::new();
     let relay = booking_core::outbox::start_relay(&deps, store.outbox(), registry, cancel.clone()).await?;
     let sweeper = tokio::spawn(store.clone().run_sweeper(cancel.clone()));

@@ -22,10 +22,8 @@ async fn stream_events(c: &async_nats::Client) -> Vec<(String, serde_json::Value
     let js = jetstream::new(c.clone());
     let mut stream = js.get_stream(STREAM).await.expect("stream");
     let total = stream.info().await.expect("stream info").state.messages as usize;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .expect("ordered consumer");
+    let consumer =
+        stream.create_consumer(jetstream::consumer::pull::OrderedConfig::default()).await.expect("ordered consumer");
     let mut messages = consumer.messages().await.expect("messages");
     let mut out = Vec::with_capacity(total);
     while out.len() < total {
@@ -44,8 +42,7 @@ async fn outbox_drained(env: &Env, within: Duration) {
     let db = env.pool().get().await.unwrap();
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let n: i64 =
-            db.query_one("SELECT count(*) FROM outbox WHERE published_at IS NULL", &[]).await.unwrap().get(0);
+        let n: i64 = db.query_one("SELECT count(*) FROM outbox WHERE published_at IS NULL", &[]).await.unwrap().get(0);
         if n == 0 {
             return;
         }
@@ -235,10 +232,7 @@ async fn nats_killed_during_purchases_and_cancellations_every_committed_event_on
 
     let events = stream_events(&c).await;
     // Exactly once: every outbox row is in the stream once, nothing else is.
-    let rows = db
-        .query("SELECT event_id, departure_id, departure_seq FROM outbox ORDER BY seq", &[])
-        .await
-        .unwrap();
+    let rows = db.query("SELECT event_id, departure_id, departure_seq FROM outbox ORDER BY seq", &[]).await.unwrap();
     let ids: Vec<&str> = events.iter().map(|(_, p)| p["eventId"].as_str().expect("eventId")).collect();
     let unique: HashSet<&str> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "an event is in the stream twice");
@@ -254,11 +248,7 @@ async fn nats_killed_during_purchases_and_cancellations_every_committed_event_on
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let of = |subject: &str| -> Vec<String> {
-        events
-            .iter()
-            .filter(|(s, _)| s == subject)
-            .map(|(_, p)| p["orderId"].as_str().unwrap().to_owned())
-            .collect()
+        events.iter().filter(|(s, _)| s == subject).map(|(_, p)| p["orderId"].as_str().unwrap().to_owned()).collect()
     };
     let (placed, cancelled) = (of("booking.events.order.placed"), of("booking.events.order.cancelled"));
     assert_eq!(placed.len(), orders.len(), "one order.placed per committed order");
@@ -365,9 +355,7 @@ async fn a_process_killed_between_commit_and_publish_publishes_after_restart_onc
     };
     let placed_in_stream = |order: String, subject: &'static str| {
         let c = c.clone();
-        async move {
-            stream_events(&c).await.iter().filter(|(s, p)| s == subject && p["orderId"] == order.as_str()).count()
-        }
+        async move { stream_events(&c).await.iter().filter(|(s, p)| s == subject && p["orderId"] == order.as_str()).count() }
     };
 
     // Purchase: the process aborts right after the commit.
@@ -378,12 +366,10 @@ async fn a_process_killed_between_commit_and_publish_publishes_after_restart_onc
     assert!(!matches!(r, Ok(Ok(_))), "no reply from an aborted process: {r:?}");
     assert_eq!(died(&mut crashing).signal(), Some(6), "aborted (SIGABRT) right after the commit");
     let db = env.pool().get().await.unwrap();
-    let order: String = db.query_one("SELECT id FROM orders WHERE hold_id = $1", &[&hold.hold_id]).await.unwrap().get(0);
+    let order: String =
+        db.query_one("SELECT id FROM orders WHERE hold_id = $1", &[&hold.hold_id]).await.unwrap().get(0);
     let pending: i64 = db
-        .query_one(
-            "SELECT count(*) FROM outbox WHERE payload->>'orderId' = $1 AND published_at IS NULL",
-            &[&order],
-        )
+        .query_one("SELECT count(*) FROM outbox WHERE payload->>'orderId' = $1 AND published_at IS NULL", &[&order])
         .await
         .unwrap()
         .get(0);
