@@ -53,8 +53,9 @@ pub struct EventsConfig {
     /// Stream replicas (3 on the 3-node cluster).
     #[arg(long, env = "BOOKING_EVENTS_REPLICAS", default_value_t = 1)]
     pub events_replicas: usize,
-    /// How often an idle relay looks for unpublished rows written by other instances, in ms.
-    #[arg(long, env = "BOOKING_OUTBOX_POLL_MS", default_value_t = 100)]
+    /// How often the idle relay looks for rows other instances wrote (its own wake it at once), in
+    /// ms: the lag of their events. Standbys try to take over once a second.
+    #[arg(long, env = "BOOKING_OUTBOX_POLL_MS", default_value_t = 25)]
     pub outbox_poll_ms: u64,
     /// Hours a published row stays in the outbox table before the relay deletes it.
     #[arg(long, env = "BOOKING_OUTBOX_KEEP_HOURS", default_value_t = 24)]
@@ -67,7 +68,7 @@ impl Default for EventsConfig {
             events_max_age_secs: 30 * 24 * 3600,
             events_duplicate_window_secs: 600,
             events_replicas: 1,
-            outbox_poll_ms: 100,
+            outbox_poll_ms: 25,
             outbox_keep_hours: 24,
         }
     }

@@ -39,6 +39,8 @@ pub const EVENT_VERSION: i64 = 1;
 const RELAY_LOCK: i64 = 0x0062_6f6f_6b6f_7574;
 /// Rows published per round trip to PostgreSQL.
 const BATCH: i64 = 256;
+/// How often a standby tries to take over the relay lock (a dead holder's lock frees at once).
+const STANDBY_RETRY: Duration = Duration::from_secs(1);
 /// Time the stream has to ack one publish.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -200,7 +202,7 @@ impl Relay {
                 break;
             }
             self.observe(&session, &mut observed).await?;
-            tokio::time::sleep(self.poll).await;
+            tokio::time::sleep(STANDBY_RETRY).await;
         }
         tracing::info!("outbox relay: this instance publishes");
         self.metrics.leader.set(1);
