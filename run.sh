@@ -6,7 +6,8 @@
 #   ./run.sh --release                use release builds
 #   ./run.sh --no-build               do not run cargo build / npm run build first
 #
-# Data lives in $RUN_DIR (default .local/): pg/ (initdb on first run), redis/, oidc/, logs/, pids/.
+# Data lives in $RUN_DIR (default .local/): pg/ (initdb on first run), redis/, nats/ (JetStream),
+# oidc/, logs/, pids/.
 # Ports (env): NATS_PORT 4222, PG_PORT 5432, REDIS_PORT 6379, OIDC_PORT 8180, GATEWAY_PORT 8080,
 # WEB_PORT 8000, ADMIN_PORT_BASE 9101 (service admin endpoints: base, base+1, ...).
 # Other env is passed through to the services, e.g. BOOKING_HOLD_TTL_SECS=5, OIDC_ACCESS_TOKEN_TTL.
@@ -23,7 +24,7 @@ for arg in "$@"; do
     --release) PROFILE=release ;;
     --no-build) BUILD=0 ;;
     -h | --help)
-      sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -183,7 +184,7 @@ if ((${#busy[@]})); then
 fi
 
 # ---------------------------------------------------------------- build
-WANTED=(catalog seats pricing tickets identity-auth resgate-rs web)
+WANTED=(catalog seats pricing tickets reports identity-auth resgate-rs web)
 mapfile -t MEMBERS < <(cargo metadata --no-deps --format-version 1 2>/dev/null |
   node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const p of JSON.parse(s).packages)if(p.targets.some(t=>t.kind.includes("bin")))console.log(p.name)})')
 PACKAGES=()
@@ -225,7 +226,9 @@ wait_for() {
 healthy() { curl -fsS --max-time 2 "$1" >/dev/null; }
 
 # ---------------------------------------------------------------- infrastructure
-launch nats nats-server -a "$HOST" -p "$NATS_PORT"
+# JetStream keeps the BOOKING_EVENTS stream (created by the services) in $RUN_DIR/nats.
+mkdir -p "$RUN_DIR/nats"
+launch nats nats-server -a "$HOST" -p "$NATS_PORT" -js -sd "$RUN_DIR/nats"
 wait_for nats "port $NATS_PORT" 20 port_busy "$NATS_PORT"
 
 PG_DIR=$RUN_DIR/pg
@@ -298,10 +301,10 @@ fi
 if has identity-auth; then
   start_service identity-auth IDENTITY_NATS_URL="$BOOKING_NATS_URL" IDENTITY_ISSUER_URL="$ISSUER"
 fi
-for s in seats pricing tickets; do
+for s in seats pricing tickets reports; do
   if has "$s"; then start_service "$s"; fi
 done
-for s in seats pricing tickets identity-auth; do
+for s in seats pricing tickets reports identity-auth; do
   if has "$s"; then wait_for "$s" /healthz 60 healthy "${HEALTH[$s]}"; fi
 done
 

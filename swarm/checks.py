@@ -30,7 +30,7 @@ SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE_KEY|API_KEY|CRED
 CREDENTIAL_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 # Middlewares that break or pointlessly wrap a WebSocket upgrade.
 WS_FORBIDDEN_MIDDLEWARE_TYPES = {"compress", "retry", "buffering"}
-METRIC_PREFIX = re.compile(r"^(resgate|booking|identity|res_service|nats|gnatsd|process)_")
+METRIC_PREFIX = re.compile(r"^(resgate|booking|reports|identity|res_service|nats|gnatsd|process)_")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset",
                    "bool", "and", "or", "unless", "le"}

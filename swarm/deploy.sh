@@ -505,7 +505,7 @@ build_images() {
   [[ $skip_build == true ]] && return 0
   local targets=() target
   if layer_selected app; then
-    targets+=(resgate-rs catalog seats pricing tickets web)
+    targets+=(resgate-rs catalog seats pricing tickets reports web)
   fi
   if layer_selected identity; then
     targets+=(identity-auth)

@@ -200,8 +200,26 @@ b.ts("Orders per minute by status", [('sum by (status) (rate(booking_orders_tota
 b.ts("Seats sold and payment failures per minute", [
     ('sum(rate(booking_seats_sold_total[$__rate_interval])) * 60', "seats sold"),
     ('sum(rate(booking_payment_failures_total[$__rate_interval])) * 60', "payment failures")])
+b.row("Durable events (outbox → JetStream BOOKING_EVENTS → reports)")
+b.stat("Relay lag: oldest unsent event", 'max(booking_outbox_oldest_unsent_seconds)', unit="s",
+       thresholds=steps((None, GREEN), (10, YELLOW), (60, RED)))
+b.stat("Unsent outbox events", 'max(booking_outbox_pending)')
+b.stat("Reports consumer pending", 'max(reports_consumer_pending)',
+       thresholds=steps((None, GREEN), (100, YELLOW), (1000, RED)))
+b.stat("Relay leaders", 'sum(booking_outbox_relay_leader)', thresholds=steps((None, RED), (1, GREEN), (2, RED)))
+b.ts("Outbox relay lag (age of the oldest unsent event)", [('max(booking_outbox_oldest_unsent_seconds)', "lag")], unit="s",
+     desc="0 while the relay keeps up. Grows when NATS/JetStream is unreachable or no instance holds the relay lock.")
+b.ts("Events published and applied per minute", [
+    ('sum(rate(booking_outbox_published_total[$__rate_interval])) * 60', "published (relay)"),
+    ('sum(rate(reports_events_applied_total[$__rate_interval])) * 60', "applied (reports)"),
+    ('sum(rate(reports_events_duplicate_total[$__rate_interval])) * 60', "redelivered, already applied")])
+b.ts("Reports consumer backlog", [
+    ('max(reports_consumer_pending)', "pending (not delivered)"),
+    ('max(reports_consumer_ack_pending)', "delivered, not acked")],
+    desc="Events in BOOKING_EVENTS the reports consumer has not processed yet.")
+b.ts("Unsent outbox events", [('max(booking_outbox_pending)', "unsent")])
 b.row("RES services")
-b.ts("Instances up", [('sum by (job) (up{job=~"catalog|seats|pricing|tickets|identity-auth"})', "{{job}}")], w=8)
+b.ts("Instances up", [('sum by (job) (up{job=~"catalog|seats|pricing|tickets|reports|identity-auth"})', "{{job}}")], w=8)
 b.ts("Requests /s by service", [(f'sum by (service) (rate(res_service_requests_total{{{V}}}[$__rate_interval]))', "{{service}}")], unit="reqps", w=8)
 b.ts("Error ratio by service", [
     (f'sum by (service) (rate(res_service_requests_total{{{V}, result="error"}}[$__rate_interval])) / sum by (service) (rate(res_service_requests_total{{{V}}}[$__rate_interval]))', "{{service}}")],
@@ -214,8 +232,8 @@ b.row("Identity")
 b.ts("Auth requests /s by result", [('sum by (result) (rate(identity_auth_requests_total[$__rate_interval]))', "{{result}}")], unit="reqps")
 b.ts("JWKS refreshes (per hour)", [('sum(increase(identity_jwks_refresh_total[1h]))', "refreshes")])
 b.row("Process")
-b.ts("Resident memory by service", [('sum by (job) (process_resident_memory_bytes{job=~"catalog|seats|pricing|tickets|identity-auth"})', "{{job}}")], unit="bytes")
-b.ts("CPU (cores) by service", [('sum by (job) (rate(process_cpu_seconds_total{job=~"catalog|seats|pricing|tickets|identity-auth"}[$__rate_interval]))', "{{job}}")])
+b.ts("Resident memory by service", [('sum by (job) (process_resident_memory_bytes{job=~"catalog|seats|pricing|tickets|reports|identity-auth"})', "{{job}}")], unit="bytes")
+b.ts("CPU (cores) by service", [('sum by (job) (rate(process_cpu_seconds_total{job=~"catalog|seats|pricing|tickets|reports|identity-auth"}[$__rate_interval]))', "{{job}}")])
 b.row("Logs")
-b.logs("Service errors", '{service=~".+_(catalog|seats|pricing|tickets|identity-auth)", level=~"warn|error"}')
+b.logs("Service errors", '{service=~".+_(catalog|seats|pricing|tickets|reports|identity-auth)", level=~"warn|error"}')
 b.dump(f"{out}/booking.json")

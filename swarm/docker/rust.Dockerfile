@@ -5,7 +5,7 @@
 #
 #   docker build -f swarm/docker/rust.Dockerfile --target resgate-rs -t booking/resgate-rs:TAG .
 #
-# Targets: resgate-rs, catalog, seats, pricing, tickets, identity-auth, web.
+# Targets: resgate-rs, catalog, seats, pricing, tickets, reports, identity-auth, web.
 # BuildKit reuses the shared `builder` stage across targets, so building all seven costs one
 # workspace compile (see swarm/README.md, "Images").
 
@@ -39,7 +39,7 @@ RUN cargo chef prepare --recipe-path recipe.json
 FROM chef AS builder
 # The packages to ship; the same list for `cook` and `build` so features unify identically
 # and the cached dependency layer is reused.
-ARG PACKAGES="resgate-rs catalog seats pricing tickets identity-auth web healthcheck"
+ARG PACKAGES="resgate-rs catalog seats pricing tickets reports identity-auth web healthcheck"
 COPY --from=planner /src/recipe.json recipe.json
 # Dependencies only: this layer stays cached until the lockfile or a manifest changes.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
@@ -52,7 +52,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     set -eu; args=""; for p in $PACKAGES; do args="$args -p $p"; done; \
     cargo build --release --locked $args; \
     mkdir -p /out; \
-    for bin in resgate-rs catalog seats pricing tickets identity-auth web healthcheck; do \
+    for bin in resgate-rs catalog seats pricing tickets reports identity-auth web healthcheck; do \
       install -m 0555 "target/release/$bin" "/out/$bin"; \
     done
 
@@ -102,6 +102,13 @@ EXPOSE 9100
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["/usr/local/bin/healthcheck", "http://127.0.0.1:9100/healthz"]
 ENTRYPOINT ["/usr/local/bin/tickets"]
+
+FROM runtime AS reports
+COPY --from=builder /out/reports /usr/local/bin/reports
+EXPOSE 9100
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["/usr/local/bin/healthcheck", "http://127.0.0.1:9100/healthz"]
+ENTRYPOINT ["/usr/local/bin/reports"]
 
 FROM runtime AS identity-auth
 COPY --from=builder /out/identity-auth /usr/local/bin/identity-auth

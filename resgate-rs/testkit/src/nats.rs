@@ -24,6 +24,16 @@ impl NatsServer {
         NatsServer { child: Some(child), port, dir, extra_args }
     }
 
+    /// Starts a server with JetStream, storing in its directory: streams survive
+    /// [`restart`](Self::restart), which also starts a [`stop`](Self::stop)ped (killed) server again.
+    pub fn start_jetstream() -> NatsServer {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let store = dir.path().join("jetstream");
+        let extra_args = vec!["-js".to_owned(), "-sd".to_owned(), store.to_string_lossy().into_owned()];
+        let (child, port) = spawn(&dir, None, &extra_args);
+        NatsServer { child: Some(child), port, dir, extra_args }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -36,6 +36,42 @@ pub struct CommonConfig {
     /// PostgreSQL connections per instance.
     #[arg(long, env = "BOOKING_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+    #[command(flatten)]
+    pub events: EventsConfig,
+}
+
+/// The durable domain events: the `BOOKING_EVENTS` JetStream stream and the outbox relay.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventsConfig {
+    /// Seconds the stream keeps an event (0: forever).
+    #[arg(long, env = "BOOKING_EVENTS_MAX_AGE_SECS", default_value_t = 30 * 24 * 3600)]
+    pub events_max_age_secs: u64,
+    /// Seconds in which the stream drops a re-published event ID (covers a relay crash between
+    /// the publish and marking the row sent).
+    #[arg(long, env = "BOOKING_EVENTS_DUPLICATE_WINDOW_SECS", default_value_t = 600)]
+    pub events_duplicate_window_secs: u64,
+    /// Stream replicas (3 on the 3-node cluster).
+    #[arg(long, env = "BOOKING_EVENTS_REPLICAS", default_value_t = 1)]
+    pub events_replicas: usize,
+    /// How often the idle relay looks for rows other instances wrote (its own wake it at once), in
+    /// ms: the lag of their events. Standbys try to take over once a second.
+    #[arg(long, env = "BOOKING_OUTBOX_POLL_MS", default_value_t = 25)]
+    pub outbox_poll_ms: u64,
+    /// Hours a published row stays in the outbox table before the relay deletes it.
+    #[arg(long, env = "BOOKING_OUTBOX_KEEP_HOURS", default_value_t = 24)]
+    pub outbox_keep_hours: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            events_max_age_secs: 30 * 24 * 3600,
+            events_duplicate_window_secs: 600,
+            events_replicas: 1,
+            outbox_poll_ms: 25,
+            outbox_keep_hours: 24,
+        }
+    }
 }
 
 impl CommonConfig {

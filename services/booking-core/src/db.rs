@@ -4,7 +4,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 /// Migrations, applied in order, each once. Never edit an applied one: add a new file.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "schema", include_str!("../migrations/0001_schema.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "schema", include_str!("../migrations/0001_schema.sql")),
+    (2, "outbox", include_str!("../migrations/0002_outbox.sql")),
+];
 
 /// Key of the advisory lock that serializes migrations across instances starting together.
 const MIGRATION_LOCK: i64 = 0x0062_6f6f_6b69_6e67;

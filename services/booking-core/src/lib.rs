@@ -7,6 +7,7 @@
 //! - [`db`], [`seed`]: PostgreSQL pool, embedded migrations, deterministic seed data.
 //! - [`lock`]: per-key locks across instances (Redis lease + local FIFO).
 //! - [`seatmap`]: holds, sales and the live seat map; the ordering argument lives there.
+//! - [`outbox`]: durable domain events (transactional outbox, relay to JetStream).
 //! - [`pricing`]: the fare rule.
 //! - [`error`], [`metrics`], [`runtime`].
 
@@ -16,6 +17,7 @@ pub mod db;
 pub mod error;
 pub mod lock;
 pub mod metrics;
+pub mod outbox;
 pub mod pricing;
 pub mod runtime;
 pub mod seatmap;

@@ -1,6 +1,6 @@
 //! Process plumbing shared by the service binaries: connections, the admin endpoint, signals.
 
-use crate::config::CommonConfig;
+use crate::config::{CommonConfig, EventsConfig};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use redis::aio::ConnectionManager;
@@ -50,12 +50,22 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The connections a service runs on.
+/// The connections a service runs on, and where its domain events go.
 #[derive(Clone)]
 pub struct Deps {
     pub nats: async_nats::Client,
     pub db: deadpool_postgres::Pool,
     pub redis: ConnectionManager,
+    pub events: EventsConfig,
+}
+
+/// Why a booking service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Service(#[from] res_service::StartError),
+    #[error(transparent)]
+    Events(#[from] crate::outbox::OutboxError),
 }
 
 impl Deps {
@@ -65,7 +75,7 @@ impl Deps {
         crate::db::migrate(&db).await.context("migrate")?;
         let nats = async_nats::connect(&common.nats_url).await.context("connect to NATS")?;
         let redis = connect_redis(&common.redis_url).await.context("connect to Redis")?;
-        Ok(Deps { nats, db, redis })
+        Ok(Deps { nats, db, redis, events: common.events.clone() })
     }
 }
 

@@ -20,11 +20,21 @@
 //! expired (it stalled longer than the lease), its events may have interleaved with another
 //! holder's, so it publishes `system.reset` for the departure's resources and the gateway
 //! re-fetches them.
+//!
+//! Durable events: each transition that changed seats records a `booking.events.seats.changed`
+//! row (the counts read after it) in the PostgreSQL outbox ([`crate::outbox`]) before its RES
+//! events, still under the lock. Holds live in Redis, so that row cannot share a transaction
+//! with a hold's change; instead the departure is marked in `booking:seats:unpublished` (a
+//! sorted set by time) before the transition and unmarked once its row is recorded and its RES
+//! events are out. A mark older than a few seconds means an instance died or failed in between:
+//! the sweeper then republishes the whole map and records the counts under the lock. Once a
+//! transition has happened its caller is told so, even if what follows fails (the mark stays).
 
 use crate::config::HoldConfig;
 use crate::error::BookingError;
 use crate::lock::Locks;
 use crate::metrics::BookingMetrics;
+use crate::outbox::Outbox;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use redis::aio::ConnectionManager;
@@ -43,6 +53,10 @@ pub const SOLD: &str = "sold";
 pub const SEATS_CHANGED_SUBJECT: &str = "booking.events.seats.changed";
 
 const EXPIRY: &str = "booking:holds:expiry";
+/// Departures with a transition whose events may not be recorded and published, by mark time.
+const UNPUBLISHED: &str = "booking:seats:unpublished";
+/// Age after which the sweeper takes a mark as left behind (transitions take milliseconds).
+const UNPUBLISHED_GRACE_MS: i64 = 5_000;
 const PURCHASING: &str = "booking:holds:purchasing";
 
 fn hold_key(id: &str) -> String {
@@ -188,7 +202,8 @@ pub struct Hold {
     pub expires_at: i64,
 }
 
-/// The occupancy event for other consumers (pricing).
+/// The occupancy event for other consumers (pricing); the outbox adds `version`, `eventId` and
+/// `departureSeq`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SeatsChanged {
@@ -197,6 +212,7 @@ pub struct SeatsChanged {
     pub free: i64,
     pub held: i64,
     pub sold: i64,
+    pub at: DateTime<Utc>,
 }
 
 struct Scripts {
@@ -215,6 +231,7 @@ struct Inner {
     db: Pool,
     redis: ConnectionManager,
     events: Events,
+    outbox: Outbox,
     locks: Locks,
     cfg: HoldConfig,
     metrics: BookingMetrics,
@@ -242,6 +259,7 @@ impl SeatStore {
                 db,
                 redis,
                 events,
+                outbox: Outbox::default(),
                 locks,
                 cfg,
                 metrics,
@@ -262,6 +280,11 @@ impl SeatStore {
 
     pub fn events(&self) -> &Events {
         &self.inner.events
+    }
+
+    /// Wakes this instance's outbox relay after a commit.
+    pub fn outbox(&self) -> &Outbox {
+        &self.inner.outbox
     }
 
     pub fn config(&self) -> &HoldConfig {
@@ -339,46 +362,110 @@ impl SeatStore {
     }
 
     /// Runs `f` under the departure's lock; `f` performs one transition and returns the seats it
-    /// touched, whose new state is then published before the lock is released.
+    /// touched, whose new state is then recorded and published before the lock is released. A
+    /// refusal (`f` fails with a booking error) changed nothing; once `f` succeeded the result is
+    /// `Ok` whatever follows, and a failure to record or publish leaves the departure marked for
+    /// the sweeper.
     pub async fn transition<T, F, Fut>(&self, dep: i64, f: F) -> Result<T, BookingError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(T, Vec<String>), BookingError>>,
     {
         let guard = self.inner.locks.acquire(&lock_key(dep)).await?;
-        let (out, touched) = f().await?;
+        let _: () = redis::cmd("ZADD").arg(UNPUBLISHED).arg(now_ms()).arg(dep).query_async(&mut self.conn()).await?;
+        let (out, touched) = match f().await {
+            Ok(done) => done,
+            Err(e) => {
+                // Infrastructure errors leave it open whether the change happened: keep the mark.
+                if e.code() != res_protocol::code::INTERNAL_ERROR {
+                    self.unmark(dep).await;
+                }
+                return Err(e);
+            }
+        };
         let published = if touched.is_empty() { Ok(()) } else { self.publish(dep, &touched).await };
+        match published {
+            Ok(()) => self.unmark(dep).await,
+            Err(e) => tracing::warn!(departure = dep, error = %e, "seat change not published; the sweeper republishes"),
+        }
         match guard.release().await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(departure = dep, "departure lease expired while held; resetting its resources");
                 let (a, b) = (seat_map_rid(dep), availability_rid(dep));
-                self.inner.events.reset(&[a.as_str(), b.as_str()], &[]).await?;
+                if let Err(e) = self.inner.events.reset(&[a.as_str(), b.as_str()], &[]).await {
+                    tracing::warn!(departure = dep, error = %e, "reset failed");
+                }
             }
             Err(e) => tracing::warn!(departure = dep, error = %e, "releasing the departure lock failed"),
         }
-        published?;
         Ok(out)
+    }
+
+    async fn unmark(&self, dep: i64) {
+        let r: Result<(), _> = redis::cmd("ZREM").arg(UNPUBLISHED).arg(dep).query_async(&mut self.conn()).await;
+        if let Err(e) = r {
+            tracing::warn!(departure = dep, error = %e, "unmarking a published departure failed");
+        }
     }
 
     async fn publish(&self, dep: i64, touched: &[String]) -> Result<(), BookingError> {
         let map = self.snapshot(dep).await?;
+        let c = map.counts();
+        let changed = SeatsChanged {
+            departure_id: dep,
+            total: c.total,
+            free: c.free,
+            held: c.held,
+            sold: c.sold,
+            at: Utc::now(),
+        };
+        let payload = serde_json::to_value(&changed).map_err(res_service::EventError::Encode)?;
+        crate::outbox::record(&self.inner.db.get().await?, dep, SEATS_CHANGED_SUBJECT, payload).await?;
+        self.inner.outbox.committed();
         let values: res_protocol::value::Model = touched
             .iter()
             .filter_map(|s| map.states.get(s).map(|st| (s.clone(), Value::primitive(&format!("\"{st}\"")))))
             .collect();
         let ev = &self.inner.events;
         ev.change(&seat_map_rid(dep), &values).await?;
-        let c = map.counts();
         ev.change_json(&availability_rid(dep), c).await?;
-        let changed = SeatsChanged { departure_id: dep, total: c.total, free: c.free, held: c.held, sold: c.sold };
-        let payload = serde_json::to_vec(&changed).map_err(res_service::EventError::Encode)?;
-        ev.client()
-            .publish(SEATS_CHANGED_SUBJECT, payload.into())
-            .await
-            .map_err(|e| BookingError::Events(res_service::EventError::Publish(e)))?;
         ev.flush().await?;
         Ok(())
+    }
+
+    /// Republishes, under the lock, departures whose mark is older than the grace period: an
+    /// instance died or failed between a transition and its events.
+    async fn republish_unpublished(&self) -> Result<(), BookingError> {
+        let cutoff = now_ms() - UNPUBLISHED_GRACE_MS;
+        let deps: Vec<i64> = redis::cmd("ZRANGEBYSCORE")
+            .arg(UNPUBLISHED)
+            .arg("-inf")
+            .arg(cutoff)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(20)
+            .query_async(&mut self.conn())
+            .await?;
+        for dep in deps {
+            tracing::warn!(departure = dep, "republishing a seat map whose change may not have been published");
+            let seats = match self.departure(dep).await {
+                Ok(info) => info.seats.iter().map(|s| s.id.clone()).collect(),
+                Err(BookingError::NotFound) => {
+                    self.unmark(dep).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.republish(dep, seats).await?;
+        }
+        Ok(())
+    }
+
+    /// Records and publishes the current state of `seats` (idempotent: for recovery after a
+    /// crash or failure left it open whether their change was published).
+    pub async fn republish(&self, dep: i64, seats: Vec<String>) -> Result<(), BookingError> {
+        self.transition(dep, || async { Ok(((), seats)) }).await
     }
 
     /// Holds `seats` for `owner`: all or none.
@@ -546,6 +633,7 @@ impl SeatStore {
     /// One sweep: frees expired holds and settles purchases past their deadline. Returns the
     /// number of holds expired by this instance.
     pub async fn sweep(&self) -> Result<usize, BookingError> {
+        self.republish_unpublished().await?;
         let now = now_ms();
         let mut conn = self.conn();
         let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")

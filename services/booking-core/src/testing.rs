@@ -20,10 +20,11 @@ pub struct Env {
 
 impl Env {
     pub async fn start() -> Env {
-        let (nats, pg, redis) =
-            tokio::task::spawn_blocking(|| (NatsServer::start(), PostgresServer::start(), RedisServer::start()))
-                .await
-                .expect("start servers");
+        let (nats, pg, redis) = tokio::task::spawn_blocking(|| {
+            (NatsServer::start_jetstream(), PostgresServer::start(), RedisServer::start())
+        })
+        .await
+        .expect("start servers");
         let db_url = pg.create_database();
         let env = Env { nats, pg, redis, db_url };
         crate::db::migrate(&env.pool()).await.expect("migrate");
@@ -44,6 +45,7 @@ impl Env {
             nats: self.nats_client().await,
             db: self.pool(),
             redis: connect_redis(&self.redis.url()).await.expect("connect to redis"),
+            events: crate::config::EventsConfig::default(),
         }
     }
 
@@ -263,4 +265,148 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A RES call like [`call`], but a transport failure (timeout, no responders, NATS down) is
+/// `Err(description)` instead of a panic: for workloads that run through faults.
+pub async fn try_call(
+    client: &async_nats::Client,
+    rid: &str,
+    method: &str,
+    token: &serde_json::Value,
+    params: serde_json::Value,
+) -> Result<Result<serde_json::Value, res_protocol::ResError>, String> {
+    let body = serde_json::json!({ "cid": "test-cid", "token": token, "params": params });
+    let msg = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(format!("call.{rid}.{method}"), body.to_string().into()),
+    )
+    .await
+    .map_err(|_| "timeout".to_owned())?
+    .map_err(|e| e.to_string())?;
+    Ok(match res_protocol::service::decode_call(&msg.payload).0 {
+        Ok(res_protocol::service::CallResult::Payload(p)) => Ok(serde_json::from_str(p.get()).expect("json")),
+        Ok(res_protocol::service::CallResult::Resource(rid)) => Ok(serde_json::json!({ "rid": rid })),
+        Err(e) => Err(e),
+    })
+}
+
+/// What a [`shop`] workload did, as its client saw it.
+#[derive(Debug, Default)]
+pub struct ShopLog {
+    pub placed: Vec<String>,
+    pub cancelled: Vec<String>,
+    pub declined: usize,
+}
+
+/// Whether a failed call may be retried: the request or reply was lost, or the service had a
+/// fault (the call is idempotent: purchases carry their key, a repeated cancel is refused).
+fn transient(r: &Result<Result<serde_json::Value, res_protocol::ResError>, String>) -> bool {
+    match r {
+        Err(_) => true,
+        Ok(Err(e)) => matches!(e.code.as_ref(), "system.internalError" | "system.timeout" | "booking.busy"),
+        Ok(Ok(_)) => false,
+    }
+}
+
+/// Retries `f` while its outcome is transient, for at most 90 s.
+async fn retried<F, Fut>(mut f: F) -> Result<Result<serde_json::Value, res_protocol::ResError>, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<serde_json::Value, res_protocol::ResError>, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = f().await;
+        if !transient(&r) || tokio::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One customer buying `purchases` single seats from `seats` (theirs alone, so buyers never
+/// collide), cancelling about one order in `cancel_one_in` (its seat goes back to the list) and
+/// paying with a declined card about one time in `decline_one_in` (then paying again). Transient
+/// failures are retried with the same idempotency key; the run is bounded by the retries.
+pub async fn shop(
+    client: &async_nats::Client,
+    user: &str,
+    seats: Vec<(i64, String)>,
+    purchases: usize,
+    cancel_one_in: u32,
+    decline_one_in: u32,
+    seed: u64,
+) -> ShopLog {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let tok = token(user, &["customer"]);
+    let mut free: std::collections::VecDeque<(i64, String)> = seats.into();
+    let mut log = ShopLog::default();
+    let mut attempts = 0;
+    while log.placed.len() < purchases {
+        attempts += 1;
+        assert!(attempts < purchases * 20, "{user}: too many failed attempts");
+        let (dep, seat) = free.pop_front().expect("enough seats for the workload");
+        let map = format!("seats.departure.{dep}");
+        let hold = retried(|| try_call(client, &map, "hold", &tok, serde_json::json!({ "seats": [seat] }))).await;
+        let hold = match hold {
+            Ok(Ok(h)) => h,
+            // An earlier attempt's hold whose reply was lost: try the seat again after it expires.
+            Ok(Err(e)) if e.code == "booking.seatTaken" => {
+                free.push_back((dep, seat));
+                continue;
+            }
+            other => panic!("{user}: hold {dep}/{seat}: {other:?}"),
+        };
+        let key = format!("{user}-{attempts}");
+        if decline_one_in > 0 && rng.random_range(0..decline_one_in) == 0 {
+            let params = serde_json::json!({ "departureId": dep, "holdId": hold["holdId"],
+                "cardNumber": "4000000000000002", "idempotencyKey": format!("{key}-declined") });
+            let r = retried(|| try_call(client, "tickets.orders", "purchase", &tok, params.clone())).await;
+            assert_eq!(r.expect("reply").expect_err("declined").code, "booking.paymentDeclined");
+            log.declined += 1;
+        }
+        let params = serde_json::json!({ "departureId": dep, "holdId": hold["holdId"],
+            "cardNumber": "4242424242424242", "idempotencyKey": key });
+        let order = match retried(|| try_call(client, "tickets.orders", "purchase", &tok, params.clone())).await {
+            Ok(Ok(o)) => o,
+            // The hold expired while NATS was down: the seat is free again soon.
+            Ok(Err(e)) if e.code == "booking.holdExpired" => {
+                free.push_back((dep, seat));
+                continue;
+            }
+            other => panic!("{user}: purchase: {other:?}"),
+        };
+        let id = order["orderId"].as_str().expect("orderId").to_owned();
+        log.placed.push(id.clone());
+        if cancel_one_in > 0 && rng.random_range(0..cancel_one_in) == 0 {
+            let rid = format!("tickets.order.{id}");
+            match retried(|| try_call(client, &rid, "cancel", &tok, serde_json::Value::Null)).await {
+                Ok(Ok(_)) => {}
+                // A retry of a cancel whose reply was lost.
+                Ok(Err(e)) if e.code == "booking.alreadyCancelled" => {}
+                other => panic!("{user}: cancel: {other:?}"),
+            }
+            log.cancelled.push(id);
+            free.push_back((dep, seat));
+        }
+    }
+    log
+}
+
+/// The seats of `deps` (each with `rows` rows, see [`Env::small_departure`]) dealt round-robin to
+/// `buyers` lists.
+pub fn deal_seats(deps: &[i64], rows: i32, buyers: usize) -> Vec<Vec<(i64, String)>> {
+    let mut out = vec![Vec::new(); buyers];
+    let mut i = 0;
+    for &dep in deps {
+        for row in 1..=rows {
+            for letter in ['A', 'B', 'C', 'D'] {
+                out[i % buyers].push((dep, crate::seed::seat_id(1, row, letter)));
+                i += 1;
+            }
+        }
+    }
+    out
 }

@@ -7,7 +7,7 @@
 use booking_core::auth::{caller, require_caller};
 use booking_core::config::{CommonConfig, HoldConfig};
 use booking_core::metrics::BookingMetrics;
-use booking_core::runtime::Deps;
+use booking_core::runtime::{Deps, StartError};
 use booking_core::seatmap::SeatStore;
 use prometheus_client::registry::Registry;
 use res_service::{CallResponse, Handler, ResError, Resource, Service};
@@ -105,17 +105,19 @@ pub fn service(store: SeatStore) -> Service {
         )
 }
 
-/// A running seats service: RES handlers and the hold sweeper.
+/// A running seats service: RES handlers, the hold sweeper and the outbox relay.
 pub struct Running {
     service: res_service::Running,
     cancel: CancellationToken,
     sweeper: tokio::task::JoinHandle<()>,
+    relay: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = self.sweeper.await;
+        let _ = self.relay.await;
         self.service.shutdown().await;
     }
 }
@@ -126,12 +128,24 @@ pub async fn start(
     holds: HoldConfig,
     max_concurrency: usize,
     registry: &mut Registry,
-) -> Result<Running, res_service::StartError> {
+) -> Result<Running, StartError> {
     let metrics = BookingMetrics::default();
     metrics.register_holds(registry);
-    let store = SeatStore::new(deps.db, deps.redis, res_service::Events::new(deps.nats.clone()), holds, metrics);
+    let store = SeatStore::new(
+        deps.db.clone(),
+        deps.redis.clone(),
+        res_service::Events::new(deps.nats.clone()),
+        holds,
+        metrics,
+    );
     let cancel = CancellationToken::new();
+    let relay = booking_core::outbox::start_relay(&deps, store.outbox(), registry, cancel.clone()).await?;
     let sweeper = tokio::spawn(store.clone().run_sweeper(cancel.clone()));
-    let service = service(store).max_concurrency(max_concurrency).with_metrics(registry).start(deps.nats).await?;
-    Ok(Running { service, cancel, sweeper })
+    match service(store).max_concurrency(max_concurrency).with_metrics(registry).start(deps.nats).await {
+        Ok(service) => Ok(Running { service, cancel, sweeper, relay }),
+        Err(e) => {
+            cancel.cancel();
+            Err(e.into())
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The tickets service: purchase from a hold through a payment provider, orders and tickets in
 //! PostgreSQL, "my tickets" as a live collection only its owner (or an operator) may read,
-//! cancellation with refund, and the order domain events. See `docs/API.md`.
+//! cancellation with refund, and the order domain events (outbox rows relayed to JetStream). See
+//! `docs/API.md`.
 
 pub mod orders;
 pub mod payment;
@@ -9,7 +10,7 @@ use booking_core::auth::{Claims, caller, require_caller};
 use booking_core::config::{CommonConfig, HoldConfig};
 use booking_core::lock::Locks;
 use booking_core::metrics::BookingMetrics;
-use booking_core::runtime::Deps;
+use booking_core::runtime::{Deps, StartError};
 use booking_core::seatmap::SeatStore;
 use orders::{Orders, PurchaseParams};
 use payment::PaymentProvider;
@@ -17,6 +18,7 @@ use prometheus_client::registry::Registry;
 use res_service::{Access, CallResponse, Handler, ResError, Resource, Service};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Configuration of the tickets binary.
 #[derive(Debug, Clone, clap::Parser)]
@@ -29,6 +31,9 @@ pub struct Config {
     /// Payment provider; `test` is the built-in sandbox (card numbers decide the outcome).
     #[arg(long, env = "BOOKING_PAYMENT_PROVIDER", default_value = "test", value_parser = ["test"])]
     pub payment_provider: String,
+    /// Tests only: abort the process right after a purchase or cancel commits.
+    #[arg(long, env = "BOOKING_TEST_ABORT_AFTER_COMMIT", hide = true)]
+    pub test_abort_after_commit: Option<orders::AbortAfter>,
 }
 
 fn denied() -> Access {
@@ -124,19 +129,47 @@ pub fn service(orders: Orders) -> Service {
         )
 }
 
+/// A running tickets service: RES handlers, the settler and the outbox relay.
+pub struct Running {
+    service: res_service::Running,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.service.shutdown().await;
+    }
+}
+
 /// Starts the service on `deps` with a payment provider; registers its metrics in `registry`.
 pub async fn start(
     deps: Deps,
     holds: HoldConfig,
     payments: Arc<dyn PaymentProvider>,
     max_concurrency: usize,
+    abort_after: Option<orders::AbortAfter>,
     registry: &mut Registry,
-) -> Result<res_service::Running, res_service::StartError> {
+) -> Result<Running, StartError> {
     let metrics = BookingMetrics::default();
     metrics.register_sales(registry);
     let events = res_service::Events::new(deps.nats.clone());
-    let store = SeatStore::new(deps.db, deps.redis.clone(), events, holds, metrics.clone());
-    let locks = Locks::new(deps.redis, Duration::from_secs(10), Duration::from_secs(8));
-    let orders = Orders { store, payments, locks, metrics };
-    service(orders).max_concurrency(max_concurrency).with_metrics(registry).start(deps.nats).await
+    let store = SeatStore::new(deps.db.clone(), deps.redis.clone(), events, holds, metrics.clone());
+    let locks = Locks::new(deps.redis.clone(), Duration::from_secs(10), Duration::from_secs(8));
+    let cancel = CancellationToken::new();
+    let relay = booking_core::outbox::start_relay(&deps, store.outbox(), registry, cancel.clone()).await?;
+    let orders = Orders { store, payments, locks, metrics, abort_after };
+    let settler = tokio::spawn(orders.clone().run_settler(cancel.clone()));
+    let tasks = vec![relay, settler];
+    match service(orders).max_concurrency(max_concurrency).with_metrics(registry).start(deps.nats).await {
+        Ok(service) => Ok(Running { service, cancel, tasks }),
+        Err(e) => {
+            cancel.cancel();
+            Err(e.into())
+        }
+    }
 }

@@ -13,7 +13,15 @@ async fn main() -> anyhow::Result<()> {
     // `test` is the only provider built in (the value parser rejects others).
     let payments = Arc::new(tickets::payment::TestProvider::default());
     let mut registry = Registry::default();
-    let running = tickets::start(deps, cfg.holds.clone(), payments, cfg.common.max_concurrency, &mut registry).await?;
+    let running = tickets::start(
+        deps,
+        cfg.holds.clone(),
+        payments,
+        cfg.common.max_concurrency,
+        cfg.test_abort_after_commit,
+        &mut registry,
+    )
+    .await?;
     tracing::info!(provider = %cfg.payment_provider, "tickets service running");
     serve_until_signal(cfg.common.admin_addr, registry, || running.shutdown()).await
 }

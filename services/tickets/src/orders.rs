@@ -3,9 +3,17 @@
 //! Purchase: (1) an idempotent replay returns the order already placed with the key; (2) the hold
 //! is checked (the caller's, active, unexpired) and frozen against expiry; (3) the price is quoted
 //! by the fare rule and charged; a decline puts the hold back; (4) order and tickets are inserted
-//! in one transaction, where the partial unique index rules out a double sale, and the order is
-//! added to the owner's and the operators' lists; (5) the hold ends and its seats show as sold;
-//! (6) `booking.events.order.placed` goes out. Every event is published before the reply.
+//! in one transaction with the `booking.events.order.placed` outbox row, where the partial unique
+//! index rules out a double sale, and the order is added to the owner's and the operators' lists;
+//! (5) the hold ends and its seats show as sold. Every RES event is published before the reply.
+//!
+//! After the commit (what the issue "committed, then reported as failed" was about): the caller
+//! is told success once the order commits, whatever fails afterwards. What must follow a commit
+//! (purchase: end the hold, show the seats sold, list the order; cancel: show the seats free,
+//! publish the order's change, refund) is pending in the database while `orders.settled_at` is
+//! NULL, set in the same transaction; the request does it and sets `settled_at`, and if it fails
+//! or its process dies, the settler ([`Orders::settle_pending`]) on any instance does it after
+//! [`SETTLE_GRACE_SECS`]. The domain events are outbox rows of the same transaction.
 //!
 //! List order: orders are inserted and their `add` events published under one lock
 //! (`booking:lock:orders`), so `list_seq` (assigned at insert) increases in publish order and
@@ -104,7 +112,8 @@ impl Order {
     }
 }
 
-/// The domain event for other consumers.
+/// The domain event for other consumers (`docs/events/`); the outbox adds `version`, `eventId`
+/// and `departureSeq`. `at` is the commit's `created_at` (placed) or `cancelled_at` (cancelled).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderEvent {
@@ -118,12 +127,24 @@ pub struct OrderEvent {
     pub at: DateTime<Utc>,
 }
 
+/// Seconds an order may stay unsettled before the settler takes over from its request.
+pub const SETTLE_GRACE_SECS: f64 = 5.0;
+
+/// Test hook: where the process aborts right after a commit (`BOOKING_TEST_ABORT_AFTER_COMMIT`),
+/// to show that what follows the commit survives the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AbortAfter {
+    Purchase,
+    Cancel,
+}
+
 #[derive(Clone)]
 pub struct Orders {
     pub store: SeatStore,
     pub payments: Arc<dyn PaymentProvider>,
     pub locks: Locks,
     pub metrics: BookingMetrics,
+    pub abort_after: Option<AbortAfter>,
 }
 
 /// RFC 3339 in UTC with milliseconds (`2026-11-22T03:50:00.123Z`).
@@ -229,11 +250,18 @@ impl Orders {
             Err(e) => return Err(e),
         };
         match self.pay_and_place(who, &p, &hold.seats).await {
-            Ok(order) => {
-                self.store.complete_purchase(dep, &hold.hold_id).await?;
+            Ok((order, listed)) => {
+                // Committed: the answer is success whatever follows; what fails here the settler
+                // carries out (the order stays unsettled).
                 self.metrics.order("placed");
                 self.metrics.seats_sold.inc_by(order.tickets.len() as u64);
-                self.publish_domain(ORDER_PLACED_SUBJECT, &order).await?;
+                let completed = self.store.complete_purchase(dep, &hold.hold_id).await;
+                if let Err(e) = &completed {
+                    tracing::warn!(error = %e, order = %order.id, "completing the hold failed; the settler retries");
+                }
+                if listed && completed.is_ok() {
+                    self.mark_settled(&order).await;
+                }
                 Ok(order)
             }
             Err(e) => {
@@ -245,7 +273,13 @@ impl Orders {
         }
     }
 
-    async fn pay_and_place(&self, who: &Claims, p: &PurchaseParams, seats: &[String]) -> Result<Order, BookingError> {
+    /// Pays and inserts the order; returns it and whether its list `add` events went out.
+    async fn pay_and_place(
+        &self,
+        who: &Claims,
+        p: &PurchaseParams,
+        seats: &[String],
+    ) -> Result<(Order, bool), BookingError> {
         let dep = p.departure_id;
         let info = self.store.departure(dep).await?;
         let counts = self.store.snapshot(dep).await?.counts();
@@ -316,31 +350,57 @@ impl Orders {
                 // the key, and that charge belongs to the winner: no refund here.
                 return Err(BookingError::PurchaseInProgress);
             }
-            self.refund_unsold(&payment.reference, total).await;
             if matches!(&e, BookingError::Db(db) if is_unique_violation(db, "tickets_one_active_sale")) {
+                self.refund_unsold(&payment.reference, total).await;
                 return Err(BookingError::SeatTaken(seats.to_vec()));
             }
-            return Err(e);
+            // A failed COMMIT may still have committed (the connection broke after it): answer
+            // what the database holds. Unknown (unreachable): no refund, the client retries with
+            // its key (no second charge) and learns the outcome.
+            return match self.by_key(&who.sub, &p.idempotency_key).await {
+                Ok(Some(committed)) if committed.hold_id == p.hold_id => Ok((committed, false)),
+                Ok(_) => {
+                    self.refund_unsold(&payment.reference, total).await;
+                    Err(e)
+                }
+                Err(unknown) => {
+                    tracing::error!(error = %unknown, payment = %payment.reference, "purchase outcome unknown");
+                    Err(e)
+                }
+            };
         }
         let ev = self.store.events();
         let item = Value::reference(&order_rid(&order.id));
-        ev.add(&user_rid(&who.sub), 0, &item).await?;
-        ev.add(ORDERS_RID, 0, &item).await?;
-        ev.flush().await?;
-        if !guard.release().await? {
-            let user = user_rid(&who.sub);
-            ev.reset(&[user.as_str(), ORDERS_RID], &[]).await?;
+        let listed = async {
+            ev.add(&user_rid(&who.sub), 0, &item).await?;
+            ev.add(ORDERS_RID, 0, &item).await?;
+            ev.flush().await?;
+            Ok::<_, BookingError>(())
         }
-        Ok(order)
+        .await;
+        let released = guard.release().await;
+        if let Err(e) = &listed {
+            tracing::warn!(error = %e, order = %order.id, "list events not published; the settler resets the lists");
+        }
+        let in_order = matches!(released, Ok(true));
+        if listed.is_ok() && !in_order {
+            let user = user_rid(&who.sub);
+            if let Err(e) = ev.reset(&[user.as_str(), ORDERS_RID], &[]).await {
+                tracing::warn!(error = %e, "list reset failed");
+                return Ok((order, false));
+            }
+        }
+        Ok((order, listed.is_ok()))
     }
 
     /// Paid but not sold: give the money back.
     async fn refund_unsold(&self, reference: &str, amount: i64) {
-        if let Err(e) = self.payments.refund(reference, amount).await {
+        if let Err(e) = self.payments.refund(reference, amount, &format!("unsold:{reference}")).await {
             tracing::error!(error = %e, payment = %reference, "refund of an unsold purchase failed");
         }
     }
 
+    /// Inserts order, tickets and the `order.placed` event in one transaction.
     async fn insert(&self, order: &mut Order) -> Result<(), BookingError> {
         let mut client = self.store.db().get().await?;
         let tx = client.transaction().await?;
@@ -368,13 +428,24 @@ impl Orders {
             )
             .await?;
         }
+        record_event(&tx, ORDER_PLACED_SUBJECT, order, order.created_at).await?;
         tx.commit().await?;
+        self.after_commit(AbortAfter::Purchase);
         Ok(())
+    }
+
+    /// The test hook, then a wake-up for the relay.
+    fn after_commit(&self, point: AbortAfter) {
+        if self.abort_after == Some(point) {
+            tracing::error!(?point, "test hook: aborting right after the commit");
+            std::process::abort();
+        }
+        self.store.outbox().committed();
     }
 
     /// Cancels an order (its owner or an operator): tickets end, seats turn free, money goes back.
     pub async fn cancel(&self, who: &Claims, order_id: &str) -> Result<Order, BookingError> {
-        let order = self.load(order_id).await?.ok_or(BookingError::NotFound)?;
+        let mut order = self.load(order_id).await?.ok_or(BookingError::NotFound)?;
         if order.user_id != who.sub && !who.is_operator() {
             return Err(BookingError::AccessDenied);
         }
@@ -387,65 +458,170 @@ impl Orders {
         }
         // Under the departure lock: a seat turns free in the database and on the map together,
         // so nobody can hold it in between and see the free event arrive after their hold.
-        self.store
+        let cancelled_at = self
+            .store
             .transition(dep, || async {
                 let mut client = self.store.db().get().await?;
                 let tx = client.transaction().await?;
-                let n = tx
-                    .execute("UPDATE orders SET status = 'cancelled', cancelled_at = now() WHERE id = $1 AND status = 'placed'", &[&order_id])
-                    .await?;
-                if n == 0 {
+                let Some(row) = tx
+                    .query_opt(
+                        "UPDATE orders SET status = 'cancelled', cancelled_at = now(), settled_at = NULL
+                         WHERE id = $1 AND status = 'placed' RETURNING cancelled_at",
+                        &[&order_id],
+                    )
+                    .await?
+                else {
                     return Err(BookingError::AlreadyCancelled);
-                }
+                };
+                let at: DateTime<Utc> = row.get(0);
                 let seats: Vec<String> = tx
                     .query("UPDATE tickets SET status = 'cancelled' WHERE order_id = $1 AND status = 'active' RETURNING seat_id", &[&order_id])
                     .await?
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
+                let mut gone = order.clone();
+                gone.status = "cancelled".into();
+                record_event(&tx, ORDER_CANCELLED_SUBJECT, &gone, at).await?;
                 tx.commit().await?;
-                Ok(((), seats))
+                self.after_commit(AbortAfter::Cancel);
+                Ok((at, seats))
             })
             .await?;
-        let order = self.load(order_id).await?.ok_or(BookingError::NotFound)?;
-        // The UPDATE above succeeded once, so this change is published exactly once.
-        let ev = self.store.events();
-        ev.change_json(
-            &order_rid(order_id),
-            serde_json::json!({
-                "status": order.status,
-                "cancelledAt": order.cancelled_at.map(ts),
-                "tickets": res_service::data(&order.tickets),
-            }),
-        )
-        .await?;
-        if let Err(e) = self.payments.refund(&order.payment_ref, order.total_cents).await {
-            // The cancellation stands; the refund is retried by finance from the event.
-            tracing::error!(error = %e, order = %order.id, "refund failed");
+        // Committed: the answer is success whatever follows; the settler finishes what fails.
+        order.status = "cancelled".into();
+        order.cancelled_at = Some(cancelled_at);
+        for t in &mut order.tickets {
+            t.status = "cancelled".into();
         }
         self.metrics.order("cancelled");
-        self.publish_domain(ORDER_CANCELLED_SUBJECT, &order).await?;
+        // The UPDATE above succeeded once, so this change is published exactly once.
+        let changed = self
+            .store
+            .events()
+            .change_json(
+                &order_rid(order_id),
+                serde_json::json!({
+                    "status": order.status,
+                    "cancelledAt": order.cancelled_at.map(ts),
+                    "tickets": res_service::data(&order.tickets),
+                }),
+            )
+            .await;
+        if let Err(e) = &changed {
+            tracing::warn!(error = %e, order = %order.id, "order change not published; the settler resets it");
+        }
+        let refunded = self.refund(&order).await;
+        if changed.is_ok() && refunded {
+            self.mark_settled(&order).await;
+        }
         Ok(order)
     }
 
-    async fn publish_domain(&self, subject: &'static str, order: &Order) -> Result<(), BookingError> {
-        let ev = OrderEvent {
-            order_id: order.id.clone(),
-            user_id: order.user_id.clone(),
-            departure_id: order.departure_id,
-            seats: order.tickets.iter().map(|t| t.seat.clone()).collect(),
-            total_cents: order.total_cents,
-            currency: order.currency.clone(),
-            status: order.status.clone(),
-            at: Utc::now(),
-        };
-        let payload = serde_json::to_vec(&ev).map_err(res_service::EventError::Encode)?;
-        self.store
-            .events()
-            .client()
-            .publish(subject, payload.into())
-            .await
-            .map_err(|e| BookingError::Events(res_service::EventError::Publish(e)))?;
-        Ok(())
+    /// Refunds a cancelled order (at most once: keyed by the order).
+    async fn refund(&self, order: &Order) -> bool {
+        let key = format!("refund:{}", order.id);
+        match self.payments.refund(&order.payment_ref, order.total_cents, &key).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, order = %order.id, "refund failed; the settler retries");
+                false
+            }
+        }
     }
+
+    /// Records that what follows the order's last commit is done.
+    async fn mark_settled(&self, order: &Order) {
+        let done = async {
+            self.store
+                .db()
+                .get()
+                .await?
+                .execute(
+                    "UPDATE orders SET settled_at = now() WHERE id = $1 AND status = $2 AND settled_at IS NULL",
+                    &[&order.id, &order.status],
+                )
+                .await?;
+            Ok::<_, BookingError>(())
+        };
+        if let Err(e) = done.await {
+            tracing::warn!(error = %e, order = %order.id, "marking the order settled failed; the settler redoes it");
+        }
+    }
+
+    /// One pass of the settler: carries out what follows the commit of orders left unsettled for
+    /// [`SETTLE_GRACE_SECS`] (their request failed or its process died): the hold ends, the seats'
+    /// state, the order and the lists are republished, a cancelled order is refunded. Every step
+    /// is idempotent, so instances racing on one order do no harm. Returns the orders settled.
+    pub async fn settle_pending(&self) -> Result<usize, BookingError> {
+        let ids: Vec<String> = self
+            .store
+            .db()
+            .get()
+            .await?
+            .query(
+                "SELECT id FROM orders WHERE settled_at IS NULL
+                   AND COALESCE(cancelled_at, created_at) < now() - make_interval(secs => $1)
+                 ORDER BY list_seq LIMIT 50",
+                &[&SETTLE_GRACE_SECS],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut settled = 0;
+        for id in ids {
+            let Some(order) = self.load(&id).await? else { continue };
+            tracing::warn!(order = %order.id, status = %order.status, "settling an order its request left unsettled");
+            let dep = order.departure_id;
+            self.store.complete_purchase(dep, &order.hold_id).await?;
+            if order.status == "cancelled" {
+                self.store.republish(dep, order.tickets.iter().map(|t| t.seat.clone()).collect()).await?;
+                if !self.refund(&order).await {
+                    continue;
+                }
+            }
+            let (order_res, user) = (order_rid(&order.id), user_rid(&order.user_id));
+            self.store.events().reset(&[order_res.as_str(), user.as_str(), ORDERS_RID], &[]).await?;
+            self.mark_settled(&order).await;
+            settled += 1;
+        }
+        Ok(settled)
+    }
+
+    /// Runs the settler until `cancel` fires.
+    pub async fn run_settler(self, cancel: tokio_util::sync::CancellationToken) {
+        let every = std::time::Duration::from_millis(self.store.config().sweep_interval_ms.max(10));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.settle_pending().await {
+                tracing::warn!(error = %e, "settling orders failed");
+            }
+        }
+    }
+}
+
+/// Writes the order's domain event in the order's transaction.
+async fn record_event(
+    tx: &deadpool_postgres::Transaction<'_>,
+    subject: &str,
+    order: &Order,
+    at: DateTime<Utc>,
+) -> Result<(), BookingError> {
+    let ev = OrderEvent {
+        order_id: order.id.clone(),
+        user_id: order.user_id.clone(),
+        departure_id: order.departure_id,
+        seats: order.tickets.iter().map(|t| t.seat.clone()).collect(),
+        total_cents: order.total_cents,
+        currency: order.currency.clone(),
+        status: order.status.clone(),
+        at,
+    };
+    let payload = serde_json::to_value(&ev).map_err(res_service::EventError::Encode)?;
+    booking_core::outbox::record(tx, order.departure_id, subject, payload).await?;
+    Ok(())
 }

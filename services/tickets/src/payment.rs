@@ -13,7 +13,9 @@
 //! | other valid (Luhn) | approved                              |
 //! | invalid            | invalid card number                   |
 //!
-//! Charges are idempotent by key: the same key returns the first outcome without charging again.
+//! Charges and refunds are idempotent by key: the same key returns the first outcome without
+//! charging or refunding again (as real providers do with an idempotency key), so a refund can be
+//! retried after a crash.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -48,7 +50,13 @@ pub enum PaymentError {
 
 pub trait PaymentProvider: Send + Sync {
     fn charge(&self, charge: Charge) -> BoxFuture<'_, Result<Payment, PaymentError>>;
-    fn refund<'a>(&'a self, reference: &'a str, amount_cents: i64) -> BoxFuture<'a, Result<(), PaymentError>>;
+    /// Refunds `amount_cents` of a charge, at most once per `idempotency_key`.
+    fn refund<'a>(
+        &'a self,
+        reference: &'a str,
+        amount_cents: i64,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), PaymentError>>;
 }
 
 /// The built-in sandbox provider (see the module docs for its card numbers).
@@ -56,6 +64,7 @@ pub trait PaymentProvider: Send + Sync {
 pub struct TestProvider {
     charges: parking_lot::Mutex<HashMap<String, Result<Payment, PaymentError>>>,
     refunds: parking_lot::Mutex<HashMap<String, i64>>,
+    refund_keys: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl TestProvider {
@@ -116,9 +125,16 @@ impl PaymentProvider for TestProvider {
         })
     }
 
-    fn refund<'a>(&'a self, reference: &'a str, amount_cents: i64) -> BoxFuture<'a, Result<(), PaymentError>> {
+    fn refund<'a>(
+        &'a self,
+        reference: &'a str,
+        amount_cents: i64,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), PaymentError>> {
         Box::pin(async move {
-            *self.refunds.lock().entry(reference.to_owned()).or_default() += amount_cents;
+            if self.refund_keys.lock().insert(idempotency_key.to_owned()) {
+                *self.refunds.lock().entry(reference.to_owned()).or_default() += amount_cents;
+            }
             Ok(())
         })
     }
@@ -155,7 +171,8 @@ mod tests {
         assert_eq!(p.charge(charge("4242424242424241", "k5")).await, Err(PaymentError::InvalidCard));
         assert_eq!(p.charge(charge("abc", "k6")).await, Err(PaymentError::InvalidCard));
         assert!(matches!(p.charge(charge("4000000000000119", "k7")).await, Err(PaymentError::Unavailable(_))));
-        p.refund(&ok.reference, 100).await.unwrap();
-        assert_eq!(p.refunded(&ok.reference), Some(100));
+        p.refund(&ok.reference, 100, "r1").await.unwrap();
+        p.refund(&ok.reference, 100, "r1").await.unwrap();
+        assert_eq!(p.refunded(&ok.reference), Some(100), "same key, one refund");
     }
 }

@@ -21,7 +21,7 @@ fn holds(ttl_secs: u64) -> HoldConfig {
 
 struct Instances {
     seats: Vec<seats::Running>,
-    tickets: Vec<res_service::Running>,
+    tickets: Vec<tickets::Running>,
     registries: Vec<Registry>,
 }
 
@@ -32,7 +32,7 @@ impl Instances {
             let mut reg = Registry::default();
             out.seats.push(seats::start(env.deps().await, holds(ttl), 256, &mut reg).await.unwrap());
             let pay = Arc::new(TestProvider::default());
-            out.tickets.push(tickets::start(env.deps().await, holds(ttl), pay, 256, &mut reg).await.unwrap());
+            out.tickets.push(tickets::start(env.deps().await, holds(ttl), pay, 256, None, &mut reg).await.unwrap());
             out.registries.push(reg);
         }
         out
