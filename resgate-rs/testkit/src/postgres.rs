@@ -34,7 +34,7 @@ impl PostgresServer {
         for _ in 0..5 {
             let port = free_port();
             let mut child = spawn(as_root, dir.path(), port);
-            if wait_for_port(port, Duration::from_secs(20)) {
+            if wait_for_port(port, Duration::from_secs(20)) && accepts_queries(port, Duration::from_secs(20)) {
                 return PostgresServer { child: Some(child), port, dir, next_db: AtomicU32::new(0) };
             }
             kill_group(&mut child);
@@ -55,7 +55,7 @@ impl PostgresServer {
     pub fn restart(&mut self) {
         self.kill();
         let mut child = spawn(running_as_root(), self.dir.path(), self.port);
-        if !wait_for_port(self.port, Duration::from_secs(30)) {
+        if !wait_for_port(self.port, Duration::from_secs(30)) || !accepts_queries(self.port, Duration::from_secs(30)) {
             kill_group(&mut child);
             panic!("postgres did not restart on 127.0.0.1:{}", self.port);
         }
@@ -96,14 +96,31 @@ impl Drop for PostgresServer {
     }
 }
 
+/// Waits until the server answers queries: it listens before recovery and start-up finish
+/// ("the database system is starting up").
+fn accepts_queries(port: u16, timeout: Duration) -> bool {
+    let psql = find_binary("psql", PG_BIN_DIRS, "postgresql-client");
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        let ok = Command::new(&psql)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-qtA", "-c", "SELECT 1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 /// Kills the process group the server was started in: the postmaster's backends (and `runuser`
 /// in front of it when run as root) would outlive a kill of the direct child alone, and keep the
 /// port and shared memory.
 fn kill_group(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", child.id())])
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
     kill(child);
 }
 

@@ -63,7 +63,7 @@ pub fn service(store: SeatStore) -> Service {
                         let who = require_caller(&req)?;
                         let dep: i64 = req.path_as("id")?;
                         let p: HoldParams = req.params()?;
-                        let hold = store.hold(dep, &who.sub, p.seats).await?;
+                        let hold = store.hold(dep, &who.sub, p.seats, req.deadline()).await?;
                         CallResponse::result(hold)
                     }
                 })
@@ -74,7 +74,7 @@ pub fn service(store: SeatStore) -> Service {
                         let dep: i64 = req.path_as("id")?;
                         let p: ReleaseParams = req.params()?;
                         let owner = if who.is_operator() { None } else { Some(who.sub.as_str()) };
-                        let seats = store.release(dep, &p.hold_id, owner).await?;
+                        let seats = store.release(dep, &p.hold_id, owner, req.deadline()).await?;
                         CallResponse::result(serde_json::json!({ "holdId": p.hold_id, "seats": seats }))
                     }
                 }),
@@ -129,9 +129,25 @@ pub async fn start(
 ) -> Result<Running, res_service::StartError> {
     let metrics = BookingMetrics::default();
     metrics.register_holds(registry);
+    let timeout = holds.request_timeout();
     let store = SeatStore::new(deps.db, deps.redis, res_service::Events::new(deps.nats.clone()), holds, metrics);
     let cancel = CancellationToken::new();
     let sweeper = tokio::spawn(store.clone().run_sweeper(cancel.clone()));
-    let service = service(store).max_concurrency(max_concurrency).with_metrics(registry).start(deps.nats).await?;
+    let service = service(store)
+        .max_concurrency(max_concurrency)
+        .request_timeout(timeout)
+        .with_metrics(registry)
+        .start(deps.nats)
+        .await?;
     Ok(Running { service, cancel, sweeper })
+}
+
+/// The binary's life: telemetry, connections, serve until SIGTERM or Ctrl-C.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let _telemetry = res_telemetry::init("seats", "info")?;
+    let deps = Deps::connect(&cfg.common).await?;
+    let mut registry = Registry::default();
+    let running = start(deps, cfg.holds.clone(), cfg.common.max_concurrency, &mut registry).await?;
+    tracing::info!("seats service running");
+    booking_core::runtime::serve_until_signal(cfg.common.admin_addr, registry, || running.shutdown()).await
 }

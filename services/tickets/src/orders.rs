@@ -18,7 +18,7 @@ use booking_core::lock::Locks;
 use booking_core::metrics::BookingMetrics;
 use booking_core::seatmap::SeatStore;
 use chrono::{DateTime, Utc};
-use res_service::Value;
+use res_service::{Deadline, Value};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -26,6 +26,12 @@ pub const ORDER_PLACED_SUBJECT: &str = "booking.events.order.placed";
 pub const ORDER_CANCELLED_SUBJECT: &str = "booking.events.order.cancelled";
 pub const ORDERS_RID: &str = "tickets.orders";
 pub const CURRENCY: &str = "EUR";
+/// How long a purchase or cancellation may take (payment included): callers are asked to wait
+/// this long when it starts.
+const CALL_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Serializes order inserts with their list events (see the module comment).
+const ORDERS_LOCK: &str = "booking:lock:orders";
 
 pub fn order_rid(id: &str) -> String {
     format!("tickets.order.{id}")
@@ -209,7 +215,9 @@ impl Orders {
         Ok(existing)
     }
 
-    pub async fn purchase(&self, who: &Claims, p: PurchaseParams) -> Result<Order, BookingError> {
+    /// Buys the caller's hold. The caller is asked to wait [`CALL_BUDGET`]; a purchase that
+    /// cannot commit before its deadline is undone (refund, hold back to active): `booking.busy`.
+    pub async fn purchase(&self, who: &Claims, p: PurchaseParams, deadline: &Deadline) -> Result<Order, BookingError> {
         if p.idempotency_key.is_empty() || p.idempotency_key.len() > 128 {
             return Err(BookingError::InvalidParams("idempotencyKey must have 1 to 128 characters".into()));
         }
@@ -217,7 +225,8 @@ impl Orders {
             return Self::replay(existing, &p);
         }
         let dep = p.departure_id;
-        let hold = match self.store.begin_purchase(dep, &p.hold_id, &who.sub).await {
+        deadline.extend(CALL_BUDGET).await;
+        let hold = match self.store.begin_purchase(dep, &p.hold_id, &who.sub, deadline).await {
             Ok(h) => h,
             Err(e @ (BookingError::HoldExpired | BookingError::PurchaseInProgress)) => {
                 // A twin request with the same key may have bought the hold meanwhile.
@@ -228,9 +237,10 @@ impl Orders {
             }
             Err(e) => return Err(e),
         };
-        match self.pay_and_place(who, &p, &hold.seats).await {
+        match self.pay_and_place(who, &p, &hold.seats, deadline).await {
             Ok(order) => {
-                self.store.complete_purchase(dep, &hold.hold_id).await?;
+                let sold: Vec<String> = order.tickets.iter().map(|t| t.seat.clone()).collect();
+                self.store.complete_purchase(dep, &hold.hold_id, &sold).await?;
                 self.metrics.order("placed");
                 self.metrics.seats_sold.inc_by(order.tickets.len() as u64);
                 self.publish_domain(ORDER_PLACED_SUBJECT, &order).await?;
@@ -245,7 +255,13 @@ impl Orders {
         }
     }
 
-    async fn pay_and_place(&self, who: &Claims, p: &PurchaseParams, seats: &[String]) -> Result<Order, BookingError> {
+    async fn pay_and_place(
+        &self,
+        who: &Claims,
+        p: &PurchaseParams,
+        seats: &[String],
+        deadline: &Deadline,
+    ) -> Result<Order, BookingError> {
         let dep = p.departure_id;
         let info = self.store.departure(dep).await?;
         let counts = self.store.snapshot(dep).await?.counts();
@@ -299,13 +315,24 @@ impl Orders {
             payment_ref: payment.reference.clone(),
             idempotency_key: p.idempotency_key.clone(),
         };
-        let guard = match self.locks.acquire("booking:lock:orders").await {
+        let guard = match self.locks.acquire(ORDERS_LOCK, deadline).await {
+            // Nobody waits for this order any more: do not place it.
+            Ok(g) if deadline.passed() => {
+                g.release().await?;
+                self.refund_unsold(&payment.reference, total).await;
+                return Err(BookingError::Busy);
+            }
             Ok(g) => g,
             Err(e) => {
                 self.refund_unsold(&payment.reference, total).await;
                 return Err(e);
             }
         };
+        if guard.in_doubt() {
+            // The previous holder may have died between inserting an order and adding it to the
+            // lists: every cached order list is fetched again.
+            self.store.events().reset(&[ORDERS_RID, "tickets.user.>"], &[]).await?;
+        }
         let inserted = self.insert(&mut order).await;
         if let Err(e) = inserted {
             drop(guard);
@@ -373,7 +400,7 @@ impl Orders {
     }
 
     /// Cancels an order (its owner or an operator): tickets end, seats turn free, money goes back.
-    pub async fn cancel(&self, who: &Claims, order_id: &str) -> Result<Order, BookingError> {
+    pub async fn cancel(&self, who: &Claims, order_id: &str, deadline: &Deadline) -> Result<Order, BookingError> {
         let order = self.load(order_id).await?.ok_or(BookingError::NotFound)?;
         if order.user_id != who.sub && !who.is_operator() {
             return Err(BookingError::AccessDenied);
@@ -385,10 +412,11 @@ impl Orders {
         if self.store.departure(dep).await?.departs_at <= Utc::now() {
             return Err(BookingError::Departed);
         }
+        deadline.extend(CALL_BUDGET).await;
         // Under the departure lock: a seat turns free in the database and on the map together,
         // so nobody can hold it in between and see the free event arrive after their hold.
         self.store
-            .transition(dep, || async {
+            .transition(dep, deadline, || async {
                 let mut client = self.store.db().get().await?;
                 let tx = client.transaction().await?;
                 let n = tx
