@@ -32,6 +32,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// The server's `--dir` (its append-only files live in `appendonlydir/`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Kills the server with SIGKILL: what it had not written to its append-only file is lost.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
