@@ -429,8 +429,9 @@ fn retryable(code: &str) -> bool {
 
 /// `buyers` signed-in clients each make `rounds` rounds on the departure: hold a seat, then buy it
 /// (some cancel afterwards) or release it. A failed request is retried as an app would (same
-/// idempotency key), a bounded number of times. Returns what they were told.
-pub async fn workload(p: &Platform, dep: i64, buyers: usize, rounds: usize) -> Told {
+/// idempotency key), a bounded number of times. Runs in the background (so a test can break
+/// things meanwhile); the handle yields what the buyers were told.
+pub async fn spawn_workload(p: &Platform, dep: i64, buyers: usize, rounds: usize) -> tokio::task::JoinHandle<Told> {
     let seats: Vec<String> = p.truth(dep).await.into_keys().collect();
     let mut tasks = Vec::new();
     for b in 0..buyers {
@@ -438,17 +439,19 @@ pub async fn workload(p: &Platform, dep: i64, buyers: usize, rounds: usize) -> T
         let seats = seats.clone();
         tasks.push(tokio::spawn(async move { buyer(c, dep, b, rounds, seats).await }));
     }
-    let mut told = Told::default();
-    for t in tasks {
-        let t = t.await.expect("buyer task");
-        told.open_holds.extend(t.open_holds);
-        told.holds.extend(t.holds);
-        told.orders.extend(t.orders);
-        for (k, v) in t.errors {
-            *told.errors.entry(k).or_default() += v;
+    tokio::spawn(async move {
+        let mut told = Told::default();
+        for t in tasks {
+            let t = t.await.expect("buyer task");
+            told.open_holds.extend(t.open_holds);
+            told.holds.extend(t.holds);
+            told.orders.extend(t.orders);
+            for (k, v) in t.errors {
+                *told.errors.entry(k).or_default() += v;
+            }
         }
-    }
-    told
+        told
+    })
 }
 
 async fn retrying<Fut>(told: &mut Told, mut f: impl FnMut() -> Fut) -> Result<Value, ClientError>

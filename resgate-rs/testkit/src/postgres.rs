@@ -120,8 +120,20 @@ fn accepts_queries(port: u16, timeout: Duration) -> bool {
 /// in front of it when run as root) would outlive a kill of the direct child alone, and keep the
 /// port and shared memory.
 fn kill_group(child: &mut Child) {
-    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
+    let group = format!("-{}", child.id());
+    let signal = |sig: &str| {
+        Command::new("kill").args([sig, "--", &group]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    };
+    signal("-KILL");
     kill(child);
+    // A new postmaster refuses to start while a process of the old one exists, even as a zombie
+    // waiting for init to reap it (it reads the PID from postmaster.pid).
+    for _ in 0..1000 {
+        if !signal("-0") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn chown_postgres(dir: &Path) {
