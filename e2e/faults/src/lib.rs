@@ -483,7 +483,8 @@ async fn buyer(c: WsClient, dep: i64, n: usize, rounds: usize, seats: Vec<String
     for round in 0..rounds {
         let seat = seats[rng.random_range(0..seats.len())].clone();
         let (hold_m, release_m) = (format!("call.{map}.hold"), format!("call.{map}.release"));
-        let hold = retrying(&mut t, || c.request(&hold_m, json!({ "seats": [seat] }))).await;
+        let hold_params = json!({ "seats": [seat], "idempotencyKey": format!("h{n}-{round}") });
+        let hold = retrying(&mut t, || c.request(&hold_m, hold_params.clone())).await;
         let Ok(hold) = hold else { continue };
         let hold_id = hold["holdId"].as_str().expect("holdId").to_owned();
         t.holds.insert(hold_id.clone());

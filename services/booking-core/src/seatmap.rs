@@ -62,6 +62,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(8);
 /// What a transition may take once it holds the lock; a caller with less than a fifth of it left
 /// is asked to wait this long.
 const TRANSITION_BUDGET: Duration = Duration::from_secs(5);
+/// When the second reset after a Redis restart goes out.
+const SETTLE_RESET: Duration = Duration::from_secs(1);
 /// Pattern of every resource the seat store publishes.
 const SEATS_RESOURCES: &str = "seats.>";
 const PURCHASING: &str = "booking:holds:purchasing";
@@ -378,9 +380,6 @@ impl SeatStore {
             guard.release().await?;
             return Err(BookingError::Busy);
         }
-        if guard.in_doubt() {
-            self.reset_departure(dep).await?;
-        }
         let (out, touched) = match f().await {
             Ok(r) => r,
             // Refused before changing anything: a clean release.
@@ -391,7 +390,12 @@ impl SeatStore {
             // The transition may be half done: the guard's drop leaves the doubt marker.
             Err(e) => return Err(e),
         };
-        let published = if touched.is_empty() { Ok(()) } else { self.publish(dep, &touched).await };
+        let mut published = if touched.is_empty() { Ok(()) } else { self.publish(dep, &touched).await };
+        if published.is_ok() && guard.in_doubt() {
+            // After this transition's own events, so the gateways' re-fetch cannot be answered
+            // with a state from before it (and arrive after them).
+            published = self.reset_departure(dep).await;
+        }
         if published.is_err() {
             drop(guard);
             return published.map(|_| out);
@@ -436,11 +440,15 @@ impl SeatStore {
 
     /// Holds `seats` for `owner`: all or none. A hold that could only be made after `deadline`
     /// (the caller has stopped waiting for it) is released again: `booking.busy`.
+    ///
+    /// With an idempotency key the hold ID is derived from owner, departure and key, so a retry
+    /// (the reply was lost) finds the hold made the first time instead of making another.
     pub async fn hold(
         &self,
         dep: i64,
         owner: &str,
         seats: Vec<String>,
+        key: Option<&str>,
         deadline: &Deadline,
     ) -> Result<Hold, BookingError> {
         let info = self.departure(dep).await?;
@@ -461,7 +469,14 @@ impl SeatStore {
         if info.departs_at <= Utc::now() {
             return Err(BookingError::Departed);
         }
-        let hold_id = format!("h{:024x}", rand::random::<u128>() >> 32);
+        let hold_id = match key {
+            Some(k) => {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(format!("{owner}\n{dep}\n{k}"));
+                format!("h{}", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>())
+            }
+            None => format!("h{:024x}", rand::random::<u128>() >> 32),
+        };
         let expires_at = now_ms() + (self.inner.cfg.hold_ttl_secs * 1000) as i64;
         let hold = Hold {
             hold_id: hold_id.clone(),
@@ -470,7 +485,7 @@ impl SeatStore {
             seats: seats.clone(),
             expires_at,
         };
-        let out = self
+        let made = self
             .transition(dep, deadline, || async {
                 let sold = self.sold_seats(dep).await?;
                 let taken: Vec<String> = seats.iter().filter(|s| sold.contains(*s)).cloned().collect();
@@ -491,7 +506,20 @@ impl SeatStore {
                 }
                 Ok((hold, seats.clone()))
             })
-            .await?;
+            .await;
+        let out = match made {
+            Ok(h) => h,
+            Err(e) if e.is_fault() => {
+                // The hold may exist with nobody told of it (e.g. publishing failed after the
+                // script ran): take it back. Unpublished either way; the lock's doubt marker makes
+                // the next holder reset the map.
+                if let Err(undo) = self.end(dep, &hold_id, "", "release").await {
+                    tracing::warn!(error = %undo, hold = %hold_id, "undoing a failed hold failed");
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.inner.metrics.holds_created.inc();
         if deadline.passed() {
             tracing::warn!(departure = dep, hold = %out.hold_id, "hold made after its caller gave up; releasing it");
@@ -745,6 +773,18 @@ impl SeatStore {
                 tracing::warn!("Redis restarted (new run_id); resetting every seat map");
             }
             self.inner.events.reset(&[SEATS_RESOURCES], &[]).await?;
+        }
+        if restarted {
+            // A re-fetch answered while a transition of the same map was under way can arrive
+            // after that transition's events and undo them in the gateway; once the transitions
+            // in flight across the restart are done, a second reset settles it.
+            let events = self.inner.events.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SETTLE_RESET).await;
+                if let Err(e) = events.reset(&[SEATS_RESOURCES], &[]).await {
+                    tracing::warn!(error = %e, "second reset after the Redis restart failed");
+                }
+            });
         }
         Ok(run_id)
     }

@@ -25,9 +25,12 @@ pub struct Config {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HoldParams {
     seats: Vec<String>,
+    /// Makes a retry return the hold made the first time (1 to 128 characters).
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -63,7 +66,14 @@ pub fn service(store: SeatStore) -> Service {
                         let who = require_caller(&req)?;
                         let dep: i64 = req.path_as("id")?;
                         let p: HoldParams = req.params()?;
-                        let hold = store.hold(dep, &who.sub, p.seats, req.deadline()).await?;
+                        if p.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 128) {
+                            return Err(ResError::new(
+                                res_service::code::INVALID_PARAMS,
+                                "idempotencyKey must have 1 to 128 characters",
+                            ));
+                        }
+                        let key = p.idempotency_key.as_deref();
+                        let hold = store.hold(dep, &who.sub, p.seats, key, req.deadline()).await?;
                         CallResponse::result(hold)
                     }
                 })

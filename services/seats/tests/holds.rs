@@ -177,8 +177,8 @@ async fn purchases_interrupted_by_a_crash_are_settled_by_the_sweeper() {
         cfg.clone(),
         BookingMetrics::default(),
     );
-    let unpaid = crashed.hold(dep, "ann", vec!["1-01A".into()], &unattended()).await.unwrap();
-    let paid = crashed.hold(dep, "ann", vec!["1-01B".into()], &unattended()).await.unwrap();
+    let unpaid = crashed.hold(dep, "ann", vec!["1-01A".into()], None, &unattended()).await.unwrap();
+    let paid = crashed.hold(dep, "ann", vec!["1-01B".into()], None, &unattended()).await.unwrap();
     crashed.begin_purchase(dep, &unpaid.hold_id, "ann", &unattended()).await.unwrap();
     crashed.begin_purchase(dep, &paid.hold_id, "ann", &unattended()).await.unwrap();
     let db = env.pool().get().await.unwrap();
