@@ -513,8 +513,10 @@ impl SeatStore {
                 // The hold may exist with nobody told of it (e.g. publishing failed after the
                 // script ran): take it back. Unpublished either way; the lock's doubt marker makes
                 // the next holder reset the map.
-                if let Err(undo) = self.end(dep, &hold_id, "", "release").await {
-                    tracing::warn!(error = %undo, hold = %hold_id, "undoing a failed hold failed");
+                match self.end(dep, &hold_id, "", "release").await {
+                    // Taken back, or never made.
+                    Ok(_) | Err(BookingError::HoldExpired) => {}
+                    Err(undo) => tracing::warn!(error = %undo, hold = %hold_id, "undoing a failed hold failed"),
                 }
                 return Err(e);
             }
