@@ -29,16 +29,27 @@
 //! events are out. A mark older than a few seconds means an instance died or failed in between:
 //! the sweeper then republishes the whole map and records the counts under the lock. Once a
 //! transition has happened its caller is told so, even if what follows fails (the mark stays).
+//! Convergence after faults (a map that may be wrong is fetched again): a holder that finds the
+//! lock's doubt marker (the previous holder crashed or failed between changing state and
+//! publishing, see [`crate::lock`]) resets the departure's resources before its own transition;
+//! the sweeper resets every seat map when Redis restarted (writes since its last fsync are gone:
+//! the maps must show what survived) and, as a safety net, once every `resync_secs` across all
+//! instances. Services reset all their resources when they start.
+//!
+//! Deadlines: a transition made for a request waits for the lock only until the caller's
+//! deadline, then extends it (pre-response) to cover the transition; a hold that still ends up
+//! made after the caller gave up is released again before the reply.
 
 use crate::config::HoldConfig;
 use crate::error::BookingError;
-use crate::lock::Locks;
+use crate::lock::{Locks, unattended};
 use crate::metrics::BookingMetrics;
 use crate::outbox::Outbox;
+use crate::redis_retry::retry_once;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use redis::aio::ConnectionManager;
-use res_service::{Events, Value};
+use res_service::{Deadline, Events, Value};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -57,6 +68,17 @@ const EXPIRY: &str = "booking:holds:expiry";
 const UNPUBLISHED: &str = "booking:seats:unpublished";
 /// Age after which the sweeper takes a mark as left behind (transitions take milliseconds).
 const UNPUBLISHED_GRACE_MS: i64 = 5_000;
+/// Held by the instance whose sweeper makes this period's safety-net reset.
+const RESYNC: &str = "booking:resync";
+/// Longest wait for a departure's lock (requests wait until their deadline if sooner).
+const LOCK_WAIT: Duration = Duration::from_secs(8);
+/// What a transition may take once it holds the lock; a caller with less than a fifth of it left
+/// is asked to wait this long.
+const TRANSITION_BUDGET: Duration = Duration::from_secs(5);
+/// When the second reset after a Redis restart goes out.
+const SETTLE_RESET: Duration = Duration::from_secs(1);
+/// Pattern of every resource the seat store publishes.
+const SEATS_RESOURCES: &str = "seats.>";
 const PURCHASING: &str = "booking:holds:purchasing";
 
 fn hold_key(id: &str) -> String {
@@ -79,8 +101,10 @@ pub fn availability_rid(dep: i64) -> String {
     format!("seats.departure.{dep}.availability")
 }
 
-/// Takes all seats or none; returns the seats already held.
+/// Takes all seats or none; returns the seats already held. Running it again for the same hold
+/// (a retry after a lost reply) finds the hold made and succeeds.
 const HOLD: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local taken = {}
 for i = 5, #ARGV do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then table.insert(taken, ARGV[i]) end
@@ -120,14 +144,16 @@ return {'ok', h[3]}";
 
 /// Marks an active, unexpired hold of `owner` as being purchased: it no longer expires (the
 /// purchase sweeper settles it after the purchase deadline). KEYS: hold, expiry, purchasing.
-/// ARGV: id, owner, dep, now, deadline.
+/// ARGV: id, owner, dep, now, deadline, attempt (unique per purchase: a retry of the same
+/// attempt after a lost reply succeeds again).
 const BEGIN: &str = r"
-local h = redis.call('HMGET', KEYS[1], 'owner', 'dep', 'seats', 'expires', 'state')
+local h = redis.call('HMGET', KEYS[1], 'owner', 'dep', 'seats', 'expires', 'state', 'attempt')
 if not h[1] or h[2] ~= ARGV[3] then return {'gone'} end
 if h[1] ~= ARGV[2] then return {'notyours'} end
+if h[5] == 'purchasing' and h[6] == ARGV[6] then return {'ok', h[3], h[4]} end
 if h[5] ~= 'active' then return {'purchasing'} end
 if tonumber(h[4]) <= tonumber(ARGV[4]) then return {'expired'} end
-redis.call('HSET', KEYS[1], 'state', 'purchasing')
+redis.call('HSET', KEYS[1], 'state', 'purchasing', 'attempt', ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 return {'ok', h[3], h[4]}";
@@ -251,9 +277,9 @@ impl SeatStore {
         cfg: HoldConfig,
         metrics: BookingMetrics,
     ) -> SeatStore {
-        // The lease outlives any sane critical section; waiting longer than a client's request
-        // timeout would be useless, so give up (booking.busy) well before it.
-        let locks = Locks::new(redis.clone(), Duration::from_secs(10), Duration::from_secs(8));
+        // The lease outlives any sane critical section. Requests wait for it only until their
+        // caller's deadline (booking.busy after).
+        let locks = Locks::new(redis.clone(), Duration::from_secs(10), LOCK_WAIT);
         SeatStore {
             inner: Arc::new(Inner {
                 db,
@@ -295,10 +321,6 @@ impl SeatStore {
         &self.inner.metrics
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.inner.redis.clone()
-    }
-
     /// The departure's layout and schedule (cached: it never changes once seeded).
     pub async fn departure(&self, dep: i64) -> Result<Arc<DepartureInfo>, BookingError> {
         if let Some(d) = self.inner.departures.lock().expect("cache").get(&dep) {
@@ -333,8 +355,10 @@ impl SeatStore {
     /// The current state of every seat.
     pub async fn snapshot(&self, dep: i64) -> Result<SeatMap, BookingError> {
         let info = self.departure(dep).await?;
-        let held: HashMap<String, String> =
-            redis::cmd("HGETALL").arg(held_key(dep)).query_async(&mut self.conn()).await?;
+        let held: HashMap<String, String> = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("HGETALL").arg(held_key(dep)).query_async(&mut c).await
+        })
+        .await?;
         // PostgreSQL last: a purchase completing between the two reads shows as sold.
         let sold: HashSet<String> = self.sold_seats(dep).await?;
         let states = info
@@ -362,38 +386,61 @@ impl SeatStore {
     }
 
     /// Runs `f` under the departure's lock; `f` performs one transition and returns the seats it
-    /// touched, whose new state is then recorded and published before the lock is released. A
+    /// touched, whose new state is then recorded and published before the lock is released. The
+    /// lock is waited for until `deadline`; once held, the deadline is extended to cover the
+    /// transition, or, if that is impossible and it has passed, the transition does not start. A
     /// refusal (`f` fails with a booking error) changed nothing; once `f` succeeded the result is
-    /// `Ok` whatever follows, and a failure to record or publish leaves the departure marked for
-    /// the sweeper.
-    pub async fn transition<T, F, Fut>(&self, dep: i64, f: F) -> Result<T, BookingError>
+    /// `Ok` whatever follows (the caller is told what happened), and a failure to record or
+    /// publish leaves the departure marked for the sweeper and the lock's doubt marker for the
+    /// next holder.
+    pub async fn transition<T, F, Fut>(&self, dep: i64, deadline: &Deadline, f: F) -> Result<T, BookingError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(T, Vec<String>), BookingError>>,
     {
-        let guard = self.inner.locks.acquire(&lock_key(dep)).await?;
-        let _: () = redis::cmd("ZADD").arg(UNPUBLISHED).arg(now_ms()).arg(dep).query_async(&mut self.conn()).await?;
+        let guard = self.inner.locks.acquire(&lock_key(dep), deadline).await?;
+        if deadline.remaining() < TRANSITION_BUDGET / 5 {
+            deadline.extend(TRANSITION_BUDGET).await;
+        }
+        if deadline.passed() {
+            guard.release().await?;
+            return Err(BookingError::Busy);
+        }
+        retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("ZADD").arg(UNPUBLISHED).arg(now_ms()).arg(dep).query_async::<()>(&mut c).await
+        })
+        .await?;
         let (out, touched) = match f().await {
-            Ok(done) => done,
-            Err(e) => {
-                // Infrastructure errors leave it open whether the change happened: keep the mark.
-                if e.code() != res_protocol::code::INTERNAL_ERROR {
-                    self.unmark(dep).await;
-                }
+            Ok(r) => r,
+            // Refused before changing anything: a clean release.
+            Err(e) if !e.is_fault() => {
+                self.unmark(dep).await;
+                guard.release().await?;
                 return Err(e);
             }
+            // The transition may be half done: the mark stays, and the guard's drop leaves the
+            // doubt marker.
+            Err(e) => return Err(e),
         };
-        let published = if touched.is_empty() { Ok(()) } else { self.publish(dep, &touched).await };
+        let mut published = if touched.is_empty() { Ok(()) } else { self.publish(dep, &touched).await };
+        if published.is_ok() && guard.in_doubt() {
+            // After this transition's own events, so the gateways' re-fetch cannot be answered
+            // with a state from before it (and arrive after them).
+            published = self.reset_departure(dep).await;
+        }
         match published {
             Ok(()) => self.unmark(dep).await,
-            Err(e) => tracing::warn!(departure = dep, error = %e, "seat change not published; the sweeper republishes"),
+            Err(e) => {
+                tracing::warn!(departure = dep, error = %e, "seat change not published; the sweeper republishes");
+                drop(guard);
+                return Ok(out);
+            }
         }
         match guard.release().await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(departure = dep, "departure lease expired while held; resetting its resources");
-                let (a, b) = (seat_map_rid(dep), availability_rid(dep));
-                if let Err(e) = self.inner.events.reset(&[a.as_str(), b.as_str()], &[]).await {
+                if let Err(e) = self.reset_departure(dep).await {
                     tracing::warn!(departure = dep, error = %e, "reset failed");
                 }
             }
@@ -403,10 +450,20 @@ impl SeatStore {
     }
 
     async fn unmark(&self, dep: i64) {
-        let r: Result<(), _> = redis::cmd("ZREM").arg(UNPUBLISHED).arg(dep).query_async(&mut self.conn()).await;
+        let r = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("ZREM").arg(UNPUBLISHED).arg(dep).query_async::<()>(&mut c).await
+        })
+        .await;
         if let Err(e) = r {
             tracing::warn!(departure = dep, error = %e, "unmarking a published departure failed");
         }
+    }
+
+    /// Makes the gateways fetch the departure's map and counts again.
+    async fn reset_departure(&self, dep: i64) -> Result<(), BookingError> {
+        let (a, b) = (seat_map_rid(dep), availability_rid(dep));
+        self.inner.events.reset(&[a.as_str(), b.as_str()], &[]).await?;
+        Ok(())
     }
 
     async fn publish(&self, dep: i64, touched: &[String]) -> Result<(), BookingError> {
@@ -438,15 +495,18 @@ impl SeatStore {
     /// instance died or failed between a transition and its events.
     async fn republish_unpublished(&self) -> Result<(), BookingError> {
         let cutoff = now_ms() - UNPUBLISHED_GRACE_MS;
-        let deps: Vec<i64> = redis::cmd("ZRANGEBYSCORE")
-            .arg(UNPUBLISHED)
-            .arg("-inf")
-            .arg(cutoff)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(20)
-            .query_async(&mut self.conn())
-            .await?;
+        let deps: Vec<i64> = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(UNPUBLISHED)
+                .arg("-inf")
+                .arg(cutoff)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(20)
+                .query_async(&mut c)
+                .await
+        })
+        .await?;
         for dep in deps {
             tracing::warn!(departure = dep, "republishing a seat map whose change may not have been published");
             let seats = match self.departure(dep).await {
@@ -465,11 +525,22 @@ impl SeatStore {
     /// Records and publishes the current state of `seats` (idempotent: for recovery after a
     /// crash or failure left it open whether their change was published).
     pub async fn republish(&self, dep: i64, seats: Vec<String>) -> Result<(), BookingError> {
-        self.transition(dep, || async { Ok(((), seats)) }).await
+        self.transition(dep, &unattended(), || async { Ok(((), seats)) }).await
     }
 
-    /// Holds `seats` for `owner`: all or none.
-    pub async fn hold(&self, dep: i64, owner: &str, seats: Vec<String>) -> Result<Hold, BookingError> {
+    /// Holds `seats` for `owner`: all or none. A hold that could only be made after `deadline`
+    /// (the caller has stopped waiting for it) is released again: `booking.busy`.
+    ///
+    /// With an idempotency key the hold ID is derived from owner, departure and key, so a retry
+    /// (the reply was lost) finds the hold made the first time instead of making another.
+    pub async fn hold(
+        &self,
+        dep: i64,
+        owner: &str,
+        seats: Vec<String>,
+        key: Option<&str>,
+        deadline: &Deadline,
+    ) -> Result<Hold, BookingError> {
         let info = self.departure(dep).await?;
         let max = self.inner.cfg.max_seats_per_hold;
         if seats.is_empty() {
@@ -488,7 +559,14 @@ impl SeatStore {
         if info.departs_at <= Utc::now() {
             return Err(BookingError::Departed);
         }
-        let hold_id = format!("h{:024x}", rand::random::<u128>() >> 32);
+        let hold_id = match key {
+            Some(k) => {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(format!("{owner}\n{dep}\n{k}"));
+                format!("h{}", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>())
+            }
+            None => format!("h{:024x}", rand::random::<u128>() >> 32),
+        };
         let expires_at = now_ms() + (self.inner.cfg.hold_ttl_secs * 1000) as i64;
         let hold = Hold {
             hold_id: hold_id.clone(),
@@ -497,8 +575,8 @@ impl SeatStore {
             seats: seats.clone(),
             expires_at,
         };
-        let out = self
-            .transition(dep, || async {
+        let made = self
+            .transition(dep, deadline, || async {
                 let sold = self.sold_seats(dep).await?;
                 let taken: Vec<String> = seats.iter().filter(|s| sold.contains(*s)).cloned().collect();
                 if !taken.is_empty() {
@@ -510,33 +588,57 @@ impl SeatStore {
                 for s in &seats {
                     inv.arg(s);
                 }
-                let taken: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+                let inv = &inv;
+                let taken: Vec<String> =
+                    retry_once(&self.inner.redis, |mut c| async move { inv.invoke_async(&mut c).await }).await?;
                 if !taken.is_empty() {
                     return Err(BookingError::SeatTaken(taken));
                 }
                 Ok((hold, seats.clone()))
             })
-            .await?;
+            .await;
+        let out = match made {
+            Ok(h) => h,
+            Err(e) if e.is_fault() => {
+                // The hold may exist with nobody told of it (e.g. publishing failed after the
+                // script ran): take it back. Unpublished either way; the lock's doubt marker makes
+                // the next holder reset the map.
+                match self.end(dep, &hold_id, "", "release").await {
+                    // Taken back, or never made.
+                    Ok(_) | Err(BookingError::HoldExpired) => {}
+                    Err(undo) => tracing::warn!(error = %undo, hold = %hold_id, "undoing a failed hold failed"),
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.inner.metrics.holds_created.inc();
+        if deadline.passed() {
+            tracing::warn!(departure = dep, hold = %out.hold_id, "hold made after its caller gave up; releasing it");
+            self.release(dep, &out.hold_id, None, &unattended()).await?;
+            return Err(BookingError::Busy);
+        }
         Ok(out)
     }
 
     async fn end(&self, dep: i64, hold_id: &str, owner: &str, mode: &str) -> Result<Vec<String>, BookingError> {
-        let r: Vec<String> = self
-            .inner
-            .scripts
-            .end
-            .key(hold_key(hold_id))
-            .key(EXPIRY)
-            .key(PURCHASING)
-            .key(held_key(dep))
-            .arg(hold_id)
-            .arg(owner)
-            .arg(dep)
-            .arg(mode)
-            .arg(now_ms())
-            .invoke_async(&mut self.conn())
-            .await?;
+        let r: Vec<String> = retry_once(&self.inner.redis, |mut c| async move {
+            self.inner
+                .scripts
+                .end
+                .key(hold_key(hold_id))
+                .key(EXPIRY)
+                .key(PURCHASING)
+                .key(held_key(dep))
+                .arg(hold_id)
+                .arg(owner)
+                .arg(dep)
+                .arg(mode)
+                .arg(now_ms())
+                .invoke_async(&mut c)
+                .await
+        })
+        .await?;
         match r.first().map(String::as_str) {
             Some("ok") => Ok(r.get(1).map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default()),
             Some("notyours") => Err(BookingError::NotYourHold),
@@ -546,9 +648,15 @@ impl SeatStore {
     }
 
     /// Releases a hold. `owner` `None`: any hold (operators).
-    pub async fn release(&self, dep: i64, hold_id: &str, owner: Option<&str>) -> Result<Vec<String>, BookingError> {
+    pub async fn release(
+        &self,
+        dep: i64,
+        hold_id: &str,
+        owner: Option<&str>,
+        deadline: &Deadline,
+    ) -> Result<Vec<String>, BookingError> {
         let seats = self
-            .transition(dep, || async {
+            .transition(dep, deadline, || async {
                 let seats = self.end(dep, hold_id, owner.unwrap_or(""), "release").await?;
                 Ok((seats.clone(), seats))
             })
@@ -560,23 +668,34 @@ impl SeatStore {
     /// Starts purchasing a hold: checks it is the caller's, active and unexpired, and stops its
     /// expiry until [`complete_purchase`](Self::complete_purchase) or
     /// [`abort_purchase`](Self::abort_purchase). Returns the hold.
-    pub async fn begin_purchase(&self, dep: i64, hold_id: &str, owner: &str) -> Result<Hold, BookingError> {
-        let deadline = now_ms() + (self.inner.cfg.purchase_timeout_secs * 1000) as i64;
-        self.transition(dep, || async {
-            let r: Vec<String> = self
-                .inner
-                .scripts
-                .begin
-                .key(hold_key(hold_id))
-                .key(EXPIRY)
-                .key(PURCHASING)
-                .arg(hold_id)
-                .arg(owner)
-                .arg(dep)
-                .arg(now_ms())
-                .arg(deadline)
-                .invoke_async(&mut self.conn())
-                .await?;
+    pub async fn begin_purchase(
+        &self,
+        dep: i64,
+        hold_id: &str,
+        owner: &str,
+        deadline: &Deadline,
+    ) -> Result<Hold, BookingError> {
+        let settle_at = now_ms() + (self.inner.cfg.purchase_timeout_secs * 1000) as i64;
+        let attempt = format!("{:032x}", rand::random::<u128>());
+        let attempt = attempt.as_str();
+        self.transition(dep, deadline, || async {
+            let r: Vec<String> = retry_once(&self.inner.redis, |mut c| async move {
+                self.inner
+                    .scripts
+                    .begin
+                    .key(hold_key(hold_id))
+                    .key(EXPIRY)
+                    .key(PURCHASING)
+                    .arg(hold_id)
+                    .arg(owner)
+                    .arg(dep)
+                    .arg(now_ms())
+                    .arg(settle_at)
+                    .arg(attempt)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
             match r.first().map(String::as_str) {
                 Some("ok") => {
                     let seats = r.get(1).map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default();
@@ -600,32 +719,33 @@ impl SeatStore {
 
     /// Puts a hold back to active after a failed payment (it expires as before).
     pub async fn abort_purchase(&self, dep: i64, hold_id: &str) -> Result<(), BookingError> {
-        self.transition(dep, || async {
-            let _: i64 = self
-                .inner
-                .scripts
-                .abort
-                .key(hold_key(hold_id))
-                .key(EXPIRY)
-                .key(PURCHASING)
-                .arg(hold_id)
-                .invoke_async(&mut self.conn())
-                .await?;
+        self.transition(dep, &unattended(), || async {
+            let _: i64 = retry_once(&self.inner.redis, |mut c| async move {
+                self.inner
+                    .scripts
+                    .abort
+                    .key(hold_key(hold_id))
+                    .key(EXPIRY)
+                    .key(PURCHASING)
+                    .arg(hold_id)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
             Ok(((), Vec::new()))
         })
         .await
     }
 
-    /// Ends a purchased hold once its tickets are committed: its seats now show as sold.
-    pub async fn complete_purchase(&self, dep: i64, hold_id: &str) -> Result<(), BookingError> {
-        self.transition(dep, || async {
-            let seats = match self.end(dep, hold_id, "", "complete").await {
-                Ok(s) => s,
-                // Already settled (e.g. by a sweeper after a crash): nothing to publish.
-                Err(BookingError::HoldExpired) => Vec::new(),
-                Err(e) => return Err(e),
-            };
-            Ok(((), seats))
+    /// Ends a purchased hold once its tickets (`seats`) are committed: its seats now show as
+    /// sold. They are published even if the hold is gone already (settled by a sweeper, or lost
+    /// with a Redis crash): the map must show the sale either way.
+    pub async fn complete_purchase(&self, dep: i64, hold_id: &str, seats: &[String]) -> Result<(), BookingError> {
+        self.transition(dep, &unattended(), || async {
+            match self.end(dep, hold_id, "", "complete").await {
+                Ok(_) | Err(BookingError::HoldExpired) => Ok(((), seats.to_vec())),
+                Err(e) => Err(e),
+            }
         })
         .await
     }
@@ -635,25 +755,17 @@ impl SeatStore {
     pub async fn sweep(&self) -> Result<usize, BookingError> {
         self.republish_unpublished().await?;
         let now = now_ms();
-        let mut conn = self.conn();
-        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(EXPIRY)
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(200)
-            .query_async(&mut conn)
-            .await?;
+        let due = self.due(EXPIRY, now, 200).await?;
         let mut expired = 0;
         for id in due {
             let Some(dep) = self.hold_departure(&id).await? else { continue };
             let freed = self
-                .transition(dep, || async {
+                .transition(dep, &unattended(), || async {
                     match self.end(dep, &id, "", "expire").await {
                         Ok(seats) => Ok((true, seats)),
                         // Another instance expired it first, or it was released or bought.
-                        Err(_) => Ok((false, Vec::new())),
+                        Err(BookingError::HoldExpired | BookingError::PurchaseInProgress) => Ok((false, Vec::new())),
+                        Err(e) => Err(e),
                     }
                 })
                 .await?;
@@ -662,61 +774,127 @@ impl SeatStore {
                 self.inner.metrics.holds_expired.inc();
             }
         }
-        let stale: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(PURCHASING)
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(50)
-            .query_async(&mut conn)
-            .await?;
-        for id in stale {
+        for id in self.due(PURCHASING, now, 50).await? {
             let Some(dep) = self.hold_departure(&id).await? else { continue };
-            let sold = self
+            let sold: Vec<String> = self
                 .inner
                 .db
                 .get()
                 .await?
-                .query_opt("SELECT 1 FROM orders WHERE hold_id = $1", &[&id])
+                .query(
+                    "SELECT t.seat_id FROM orders o JOIN tickets t ON t.order_id = o.id WHERE o.hold_id = $1",
+                    &[&id],
+                )
                 .await?
-                .is_some();
-            tracing::warn!(hold = %id, departure = dep, sold, "settling a purchase past its deadline");
-            if sold {
-                self.complete_purchase(dep, &id).await?;
-            } else {
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            tracing::warn!(hold = %id, departure = dep, sold = !sold.is_empty(), "settling a purchase past its deadline");
+            if sold.is_empty() {
                 self.abort_purchase(dep, &id).await?;
+            } else {
+                self.complete_purchase(dep, &id, &sold).await?;
             }
         }
-        let active: i64 = redis::pipe()
-            .zcard(EXPIRY)
-            .zcard(PURCHASING)
-            .query_async::<(i64, i64)>(&mut conn)
-            .await
-            .map(|(a, b)| a + b)?;
+        let active: i64 = retry_once(&self.inner.redis, |mut c| async move {
+            redis::pipe().zcard(EXPIRY).zcard(PURCHASING).query_async::<(i64, i64)>(&mut c).await
+        })
+        .await
+        .map(|(a, b)| a + b)?;
         self.inner.metrics.active_holds.set(active);
         Ok(expired)
     }
 
+    /// Holds of the sorted set `set` due at `now`, at most `limit`.
+    async fn due(&self, set: &str, now: i64, limit: usize) -> Result<Vec<String>, BookingError> {
+        Ok(retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(set)
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut c)
+                .await
+        })
+        .await?)
+    }
+
     /// The departure of a hold; drops index entries of holds that no longer exist.
     async fn hold_departure(&self, id: &str) -> Result<Option<i64>, BookingError> {
-        let mut conn = self.conn();
-        let dep: Option<i64> = redis::cmd("HGET").arg(hold_key(id)).arg("dep").query_async(&mut conn).await?;
+        let dep: Option<i64> = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("HGET").arg(hold_key(id)).arg("dep").query_async(&mut c).await
+        })
+        .await?;
         if dep.is_none() {
-            let _: () =
-                redis::pipe().zrem(EXPIRY, id).ignore().zrem(PURCHASING, id).ignore().query_async(&mut conn).await?;
+            let () = retry_once(&self.inner.redis, |mut c| async move {
+                redis::pipe().zrem(EXPIRY, id).ignore().zrem(PURCHASING, id).ignore().query_async(&mut c).await
+            })
+            .await?;
         }
         Ok(dep)
+    }
+
+    /// Resets every seat map when Redis is not the server it was (`run_id` changed: it restarted
+    /// and lost what it had not yet written to disk), and once per `resync_secs` across all
+    /// instances (the first sweeper to take that period's key). Returns the current `run_id`.
+    async fn reconcile(&self, known_run_id: Option<&str>) -> Result<String, BookingError> {
+        let info: String =
+            retry_once(
+                &self.inner.redis,
+                |mut c| async move { redis::cmd("INFO").arg("server").query_async(&mut c).await },
+            )
+            .await?;
+        let run_id =
+            info.lines().find_map(|l| l.strip_prefix("run_id:")).map(|v| v.trim().to_owned()).unwrap_or_default();
+        let restarted = known_run_id.is_some_and(|known| known != run_id);
+        let period = self.inner.cfg.resync_secs;
+        let periodic = period > 0 && {
+            let token = format!("{:016x}", rand::random::<u64>());
+            let taken: Option<String> = retry_once(&self.inner.redis, |mut c| {
+                let token = token.clone();
+                async move {
+                    redis::cmd("SET").arg(RESYNC).arg(token).arg("NX").arg("EX").arg(period).query_async(&mut c).await
+                }
+            })
+            .await?;
+            taken.is_some()
+        };
+        if restarted || periodic {
+            if restarted {
+                tracing::warn!("Redis restarted (new run_id); resetting every seat map");
+            }
+            self.inner.events.reset(&[SEATS_RESOURCES], &[]).await?;
+        }
+        if restarted {
+            // A re-fetch answered while a transition of the same map was under way can arrive
+            // after that transition's events and undo them in the gateway; once the transitions
+            // in flight across the restart are done, a second reset settles it.
+            let events = self.inner.events.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SETTLE_RESET).await;
+                if let Err(e) = events.reset(&[SEATS_RESOURCES], &[]).await {
+                    tracing::warn!(error = %e, "second reset after the Redis restart failed");
+                }
+            });
+        }
+        Ok(run_id)
     }
 
     /// Runs the sweeper until `cancel` fires.
     pub async fn run_sweeper(self, cancel: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.inner.cfg.sweep_interval_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut run_id = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            match self.reconcile(run_id.as_deref()).await {
+                Ok(id) => run_id = Some(id),
+                Err(e) => tracing::warn!(error = %e, "seat map reconciliation failed"),
             }
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = %e, "hold sweep failed");

@@ -115,14 +115,24 @@ pub async fn call(
     params: serde_json::Value,
 ) -> Result<serde_json::Value, res_protocol::ResError> {
     let body = serde_json::json!({ "cid": "test-cid", "token": token, "params": params });
-    let msg = tokio::time::timeout(
-        Duration::from_secs(30),
-        client.request(format!("call.{rid}.{method}"), body.to_string().into()),
-    )
+    // As the gateway does: pre-responses (`timeout:"<ms>"`) before the reply are skipped.
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe to the reply inbox");
+    client
+        .publish_with_reply(format!("call.{rid}.{method}"), inbox, body.to_string().into())
+        .await
+        .expect("send the request");
+    let payload = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let msg = replies.next().await.expect("reply inbox open");
+            if res_protocol::service::parse_pre_response(&msg.payload).is_none() {
+                return msg.payload;
+            }
+        }
+    })
     .await
-    .expect("reply within 30 s")
-    .expect("request");
-    match res_protocol::service::decode_call(&msg.payload).0? {
+    .expect("reply within 30 s");
+    match res_protocol::service::decode_call(&payload).0? {
         res_protocol::service::CallResult::Payload(p) => Ok(serde_json::from_str(p.get()).expect("json")),
         res_protocol::service::CallResult::Resource(rid) => Ok(serde_json::json!({ "rid": rid })),
     }

@@ -14,7 +14,13 @@ use std::time::Duration;
 use tickets::payment::TestProvider;
 
 fn holds() -> HoldConfig {
-    HoldConfig { hold_ttl_secs: 10, max_seats_per_hold: 4, purchase_timeout_secs: 30, sweep_interval_ms: 100 }
+    HoldConfig {
+        hold_ttl_secs: 10,
+        max_seats_per_hold: 4,
+        purchase_timeout_secs: 30,
+        sweep_interval_ms: 100,
+        ..HoldConfig::default()
+    }
 }
 
 /// Every message of the stream, in stream order: (subject, payload).
@@ -344,7 +350,10 @@ async fn a_process_killed_between_commit_and_publish_publishes_after_restart_onc
         HoldConfig::default(),
         Default::default(),
     );
-    let hold = store.hold(dep, "alice", vec!["1-01A".into(), "1-01B".into()]).await.unwrap();
+    let hold = store
+        .hold(dep, "alice", vec!["1-01A".into(), "1-01B".into()], None, &booking_core::lock::unattended())
+        .await
+        .unwrap();
     let alice = token("alice", &["customer"]);
     let bin = |hook: Option<&str>| {
         let mut extra = vec![("BOOKING_SWEEP_INTERVAL_MS", "100")];
