@@ -37,7 +37,6 @@ pub struct Platform {
     /// The harness's own NATS connection (auth answers, domain events).
     pub nats: async_nats::Client,
     procs: HashMap<String, Proc>,
-    events: Arc<Mutex<Vec<(String, Value)>>>,
     /// One platform at a time: on two cores, parallel ones would starve each other's deadlines.
     _serial: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -92,11 +91,8 @@ impl Platform {
             ..resgate::Config::default()
         };
         gateway_config.unsubscribe_delay = 60_000;
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let mut p =
-            Platform { env, gateway: None, gateway_config, nats, procs: HashMap::new(), events, _serial: serial };
+        let mut p = Platform { env, gateway: None, gateway_config, nats, procs: HashMap::new(), _serial: serial };
         p.serve_logins().await;
-        p.record_domain_events().await;
         let common = vec![
             ("BOOKING_REQUEST_TIMEOUT_MS".to_owned(), setup.request_timeout_ms.to_string()),
             ("BOOKING_SWEEP_INTERVAL_MS".to_owned(), "100".to_owned()),
@@ -172,23 +168,12 @@ impl Platform {
         self.nats.flush().await.expect("flush");
     }
 
-    async fn record_domain_events(&self) {
-        let mut sub = self.nats.subscribe("booking.events.order.>").await.expect("subscribe events");
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-                events.lock().push((m.subject.to_string(), v));
-            }
-        });
-        self.nats.flush().await.expect("flush");
-    }
-
-    /// Order IDs of the domain events seen so far on `subject`.
-    pub fn domain_events(&self, subject: &str) -> Vec<String> {
-        self.events
-            .lock()
-            .iter()
+    /// Order IDs of the domain events in the durable stream on `subject` (a subscriber's own
+    /// connection may be down while NATS restarts; the stream is what consumers read).
+    pub async fn domain_events(&self, subject: &str) -> Vec<String> {
+        booking_core::testing::stream_events(&self.nats)
+            .await
+            .into_iter()
             .filter(|(s, _)| s == subject)
             .filter_map(|(_, v)| v["orderId"].as_str().map(str::to_owned))
             .collect()
@@ -559,9 +544,10 @@ impl Platform {
         let deadline = Instant::now() + CONVERGE;
         loop {
             let committed = self.committed_orders(dep).await;
-            let placed: BTreeSet<String> = self.domain_events("booking.events.order.placed").into_iter().collect();
+            let placed: BTreeSet<String> =
+                self.domain_events("booking.events.order.placed").await.into_iter().collect();
             let cancelled: BTreeSet<String> =
-                self.domain_events("booking.events.order.cancelled").into_iter().collect();
+                self.domain_events("booking.events.order.cancelled").await.into_iter().collect();
             let missing: Vec<String> = committed
                 .iter()
                 .filter(|(id, st)| !placed.contains(*id) || (*st == "cancelled" && !cancelled.contains(*id)))

@@ -2,11 +2,8 @@
 //! in the middle of purchases and cancellations, the tickets process aborted between commit and
 //! publish, and every published payload checked against its JSON Schema in `docs/events/`.
 
-use async_nats::jetstream;
 use booking_core::config::HoldConfig;
-use booking_core::outbox::STREAM;
-use booking_core::testing::{Binary, Env, ShopLog, call, deal_seats, shop, token};
-use futures_util::StreamExt;
+use booking_core::testing::{Binary, Env, ShopLog, call, deal_seats, shop, stream_events, token};
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -21,26 +18,6 @@ fn holds() -> HoldConfig {
         sweep_interval_ms: 100,
         ..HoldConfig::default()
     }
-}
-
-/// Every message of the stream, in stream order: (subject, payload).
-async fn stream_events(c: &async_nats::Client) -> Vec<(String, serde_json::Value)> {
-    let js = jetstream::new(c.clone());
-    let mut stream = js.get_stream(STREAM).await.expect("stream");
-    let total = stream.info().await.expect("stream info").state.messages as usize;
-    let consumer =
-        stream.create_consumer(jetstream::consumer::pull::OrderedConfig::default()).await.expect("ordered consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let mut out = Vec::with_capacity(total);
-    while out.len() < total {
-        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .expect("stream delivers within 10 s")
-            .expect("message")
-            .expect("message");
-        out.push((m.subject.to_string(), serde_json::from_slice(&m.payload).expect("json payload")));
-    }
-    out
 }
 
 /// Waits (bounded) until the outbox has no unpublished row.
