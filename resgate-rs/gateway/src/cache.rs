@@ -53,7 +53,10 @@ pub type SubscriberId = u64;
 
 /// The first wait before an unanswered re-fetch is tried again; it doubles up to the maximum.
 const REFETCH_BACKOFF: Duration = Duration::from_millis(200);
-const REFETCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+const REFETCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A re-fetch whose reply events came before is asked again, this many times at most; then the
+/// reply is taken as it is (events that keep coming carry their own state).
+const MAX_STALE_REPLIES: u32 = 3;
 
 static NEXT_ENTRY_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -74,6 +77,9 @@ struct EntryState {
     encoded: [Option<Bytes>; 2],
     subscribers: HashMap<SubscriberId, Arc<dyn Outlet>>,
     deleted: bool,
+    /// Events received for the entry, applied or not: a get reply that events came before may
+    /// predate them (see `Cache::refetch`).
+    events_seen: u64,
 }
 
 /// A cached resource.
@@ -93,6 +99,8 @@ pub struct Entry {
     /// when a reset comes meanwhile, since the reply in flight may predate what it announces.
     refetching: AtomicBool,
     refetch_again: AtomicBool,
+    /// Cuts a re-fetch's backoff short: a reset came (a service that starts announces itself so).
+    refetch_now: tokio::sync::Notify,
     state: Mutex<EntryState>,
 }
 
@@ -107,6 +115,7 @@ impl Entry {
             route: OnceLock::new(),
             refetching: AtomicBool::new(false),
             refetch_again: AtomicBool::new(false),
+            refetch_now: tokio::sync::Notify::new(),
             state: Mutex::new(EntryState::default()),
         }
     }
@@ -175,6 +184,7 @@ impl Entry {
     /// deliveries.
     pub(crate) fn apply(&self, event_name: &str, payload: &[u8], metrics: &Metrics) -> usize {
         let mut st = self.state.lock();
+        st.events_seen += 1;
         // Resgate discards events that arrive before the get response: the response already
         // reflects them. The response is stored in wire order with the events (`Cache::fetch`).
         if st.deleted || st.data.is_none() {
@@ -445,6 +455,7 @@ impl Cache {
                 let mut st = target.state.lock();
                 st.query = r.query;
                 st.data = Some(r.data);
+                st.events_seen > 0
             });
             *outcome.lock() = result;
         };
@@ -459,9 +470,15 @@ impl Cache {
                 store,
             )
             .await?;
-        std::mem::replace(&mut *stored.lock(), Ok(()))?;
+        let events_came_first = std::mem::replace(&mut *stored.lock(), Ok(false))?;
         self.file_under_canonical_key(entry, name);
         self.schedule_eviction(entry.key.clone());
+        if events_came_first {
+            // The reply may predate events the service published before it (a service whose
+            // get and change race): fetch once more to be sure the cache holds the truth.
+            let (cache, entry) = (self.clone(), entry.clone());
+            tokio::spawn(async move { cache.refetch(&entry).await });
+        }
         Ok(())
     }
 
@@ -664,18 +681,22 @@ impl Cache {
     async fn refetch(&self, entry: &Arc<Entry>) {
         if entry.refetching.swap(true, Ordering::AcqRel) {
             entry.refetch_again.store(true, Ordering::Release);
+            entry.refetch_now.notify_one();
             return;
         }
         let mut backoff = REFETCH_BACKOFF;
+        let mut stale = 0;
         loop {
             entry.refetch_again.store(false, Ordering::Release);
-            match self.refetch_once(entry).await {
+            match self.refetch_once(entry, stale < MAX_STALE_REPLIES).await {
                 Refetch::Done if !entry.refetch_again.load(Ordering::Acquire) => break,
                 Refetch::Done | Refetch::Gone => {}
+                Refetch::Stale => stale += 1,
                 Refetch::Unanswered(e) => {
                     self.0.metrics.cache_refetch_retries.inc();
                     tracing::warn!(rid = %entry.key, error = %e, retry_in = ?backoff, "re-fetch unanswered; keeping the cached state");
-                    tokio::time::sleep(backoff).await;
+                    // Until the next try, or a reset (the service announcing it is back).
+                    let _ = tokio::time::timeout(backoff, entry.refetch_now.notified()).await;
                     backoff = (backoff * 2).min(REFETCH_BACKOFF_MAX);
                 }
             }
@@ -690,7 +711,9 @@ impl Cache {
         self.0.entries.lock().values().any(|e| Arc::ptr_eq(e, entry))
     }
 
-    async fn refetch_once(&self, entry: &Arc<Entry>) -> Refetch {
+    /// One re-fetch. With `distrust_stale`, a reply that events came before (they were applied
+    /// while it was under way) is not diffed: it may predate them, and a diff would revert them.
+    async fn refetch_once(&self, entry: &Arc<Entry>, distrust_stale: bool) -> Refetch {
         // Evicted or deleted since: nothing left to refresh.
         let Some(route) = entry.route().cloned().filter(|_| self.is_cached(entry)) else { return Refetch::Gone };
         // With the normalised query the service gave, not the client's spelling.
@@ -702,10 +725,14 @@ impl Cache {
         let target = entry.clone();
         let unanswered = Arc::new(Mutex::new(None));
         let outcome = unanswered.clone();
+        let seen_before = entry.state.lock().events_seen;
         let on_reply = move |reply: ServiceReply| match classify(reply, service::decode_get) {
+            Answer::Data(_) if distrust_stale && target.state.lock().events_seen != seen_before => {
+                *outcome.lock() = Some(Refetch::Stale);
+            }
             Answer::Data(r) => cache.replace_data(&target, r.data),
             Answer::Deleted => cache.delete(&target),
-            Answer::Unanswered(e) => *outcome.lock() = Some(e),
+            Answer::Unanswered(e) => *outcome.lock() = Some(Refetch::Unanswered(e)),
             Answer::Failed(e) => tracing::warn!(rid = %target.key, error = %e, "re-fetch after reset failed"),
         };
         let subject = format!("get.{}", entry.name());
@@ -723,10 +750,7 @@ impl Cache {
             .await;
         match sent {
             Err(e) => Refetch::Unanswered(e),
-            Ok(()) => match unanswered.lock().take() {
-                Some(e) => Refetch::Unanswered(e),
-                None => Refetch::Done,
-            },
+            Ok(()) => unanswered.lock().take().unwrap_or(Refetch::Done),
         }
     }
 
@@ -819,6 +843,8 @@ enum Refetch {
     /// Evicted or deleted meanwhile.
     Gone,
     Unanswered(RequestError),
+    /// Events came while the reply was under way: asked again.
+    Stale,
 }
 
 /// How a service answered a request about a resource it had served before.

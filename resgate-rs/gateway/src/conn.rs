@@ -241,6 +241,7 @@ impl Conn {
             Ok(v) => {
                 if let Some(v) = v {
                     self.version = v;
+                    self.tx.set_legacy(self.legacy());
                 }
                 let mut res = b"{\"protocol\":".to_vec();
                 write_str(&mut res, &ProtocolVersion::CURRENT.to_string());
@@ -484,7 +485,8 @@ impl Conn {
                     self.reaccess(&rid);
                 }
             }
-            ConnMsg::Unblock(_) => {}
+            // The rest of a direct write is written at the start of the turn.
+            ConnMsg::Unblock(_) | ConnMsg::Flush => {}
         }
     }
 
@@ -703,6 +705,10 @@ impl Conn {
                     let rids = self.by_entry.remove(&entry.id);
                     let rids: Vec<Arc<str>> =
                         rids.iter().flat_map(|r| r.iter().cloned()).chain([rid.clone()]).collect();
+                    if rids.len() > 1 {
+                        // Each subscription takes the event under its own ID: the task writes it.
+                        self.tx.set_direct(entry.id, false);
+                    }
                     self.by_entry.insert(entry.id, rids.into());
                     let sub = Sub {
                         entry,
@@ -729,6 +735,7 @@ impl Conn {
     fn remove_sub(&mut self, rid: &Arc<str>) {
         let Some(sub) = self.subs.remove(rid) else { return };
         let id = sub.entry.id;
+        self.tx.set_direct(id, false);
         let rest: Vec<Arc<str>> =
             self.by_entry.remove(&id).iter().flat_map(|r| r.iter()).filter(|r| *r != rid).cloned().collect();
         if rest.is_empty() {
@@ -764,8 +771,14 @@ impl Conn {
             }
             let Some(sub) = self.subs.get_mut(&rid) else { continue };
             if let Some((is_model, json)) = sub.unsent.take() {
-                if is_model { &mut models } else { &mut collections }.push((rid, json));
                 stack.extend(sub.refs.iter().cloned());
+                let entry = sub.entry.id;
+                if *sub.entry.key == *rid && self.by_entry.get(&entry).is_some_and(|r| r.len() == 1) {
+                    // Sent under the entry's own ID, the only subscription on it: its simple
+                    // events can go straight to the socket once the task is idle.
+                    self.tx.set_direct(entry, true);
+                }
+                if is_model { &mut models } else { &mut collections }.push((rid, json));
             }
         }
         let mut wrote = false;
@@ -1024,8 +1037,15 @@ impl Conn {
         }
     }
 
+    /// Nothing of the connection's own waits: no operation blocked on loading, nothing queued
+    /// behind it.
+    pub fn is_settled(&self) -> bool {
+        self.blocked.is_none() && self.queue.is_empty()
+    }
+
     /// Leaves every cached resource (the connection is closing).
     pub fn dispose(&mut self) {
+        self.tx.close_direct();
         self.by_entry.clear();
         for (_, sub) in self.subs.drain() {
             self.shared.cache.unregister(&sub.entry, self.id);

@@ -57,6 +57,16 @@ impl ResourceEvent {
         }
     }
 
+    /// Whether a subscriber can take the event without its connection's state being updated:
+    /// no references come or go, the resource stays.
+    pub fn needs_no_state(&self) -> bool {
+        matches!(
+            self.kind,
+            EventKind::Change(_) | EventKind::Add { .. } | EventKind::Remove { .. } | EventKind::Custom { .. }
+        ) && self.added_refs.is_empty()
+            && self.removed_refs.is_empty()
+    }
+
     pub fn name(&self) -> &str {
         match &self.kind {
             EventKind::Change(_) => "change",

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub nats_reconnects: Counter,
     /// Re-fetches of cached resources that no service answered (tried again with backoff).
     pub cache_refetch_retries: Counter,
+    /// Events written to a socket by the fan-out itself (direct delivery), and those of them
+    /// that the socket did not take whole (the connection task wrote the rest).
+    pub direct_deliveries: Counter,
+    pub direct_partial_writes: Counter,
     pub nats_connected: Gauge,
     /// The series of the client request methods, resolved once: a family lookup hashes the
     /// label set and takes a lock, on every request.
@@ -68,6 +72,8 @@ impl Metrics {
             nats_slow_consumer: Counter::default(),
             nats_reconnects: Counter::default(),
             cache_refetch_retries: Counter::default(),
+            direct_deliveries: Counter::default(),
+            direct_partial_writes: Counter::default(),
             nats_connected: Gauge::default(),
             ws_request_series: Vec::new(),
             duration_series: Vec::new(),
@@ -125,6 +131,16 @@ impl Metrics {
         );
         registry.register("resgate_nats_slow_consumer", "NATS slow-consumer conditions", m.nats_slow_consumer.clone());
         registry.register("resgate_nats_reconnects", "NATS reconnections", m.nats_reconnects.clone());
+        registry.register(
+            "resgate_direct_deliveries",
+            "Events written to a client's socket by the fan-out itself",
+            m.direct_deliveries.clone(),
+        );
+        registry.register(
+            "resgate_direct_partial_writes",
+            "Direct deliveries the socket did not take whole (the connection wrote the rest)",
+            m.direct_partial_writes.clone(),
+        );
         registry.register(
             "resgate_cache_refetch_retries",
             "Re-fetches of cached resources that no service answered, tried again",

@@ -10,8 +10,8 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use res_protocol::ResError;
 use res_protocol::service::{CallResult, HttpContext, TokenEvent};
+use res_protocol::{ProtocolVersion, ResError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,7 +160,16 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
                 // writes go straight to the socket.
                 match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
                     Ok(parts) => {
-                        let ws = WsStream::new(parts.io.into_inner(), max, deflate, &parts.read_buf);
+                        let socket = Arc::new(parts.io.into_inner());
+                        if !deflate {
+                            // Deflated frames are per connection; these are the shared bytes.
+                            tx.enable_direct(
+                                &socket,
+                                ProtocolVersion::LEGACY_DEFAULT.is_legacy_values(),
+                                shared.metrics.clone(),
+                            );
+                        }
+                        let ws = WsStream::new(ws::SharedTcp(socket), max, deflate, &parts.read_buf);
                         // `read_buf` shares hyper's whole HTTP read buffer (8 KiB), even when
                         // empty: dropped now, not when the connection ends.
                         drop(parts.read_buf);
@@ -209,6 +218,8 @@ async fn run_connection<S>(
     let mut ping_due = false;
     // Control frames to answer (pongs), written with the next batch.
     let mut control: Vec<u8> = Vec::new();
+    // What a direct write left for this task to write first (see `inbox`).
+    let mut unwritten: Vec<u8> = Vec::new();
     let mut shutdown_rx = shared.shutdown.clone();
     // Made once, not per loop turn: each new one would register with (and leave) its notifier
     // under a lock.
@@ -227,11 +238,16 @@ async fn run_connection<S>(
             _ = &mut shutdown => break Some((ws::CLOSE_AWAY, "server shutting down")),
             msg = rx.recv() => {
                 let Some(msg) = msg else { break None };
+                unwritten.append(&mut tx.begin_turn());
+                tx.taken();
                 conn.handle_msg(msg);
                 // Drain what is already queued so the writes below batch into one write.
                 for _ in 0..256 {
                     match rx.try_recv() {
-                        Ok(m) => conn.handle_msg(m),
+                        Ok(m) => {
+                            tx.taken();
+                            conn.handle_msg(m);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -239,6 +255,7 @@ async fn run_connection<S>(
             read = ws.read() => match read {
                 Ok(0) => break None,
                 Ok(_) => {
+                    unwritten.append(&mut tx.begin_turn());
                     // Every complete request of this read is handled before the replies are
                     // written, so they go out together. Only complete messages and control
                     // frames count as activity: a frame trickled a byte at a time does not keep
@@ -284,6 +301,7 @@ async fn run_connection<S>(
                 }
             },
             _ = ping.tick() => {
+                unwritten.append(&mut tx.begin_turn());
                 if last_seen.elapsed() > idle {
                     tracing::info!(%cid, "idle timeout");
                     break Some((ws::CLOSE_AWAY, "idle timeout"));
@@ -291,10 +309,14 @@ async fn run_connection<S>(
                 ping_due = cfg.ping_interval > 0;
             }
         }
-        if !conn.out.is_empty() || ping_due || !control.is_empty() {
-            // Every frame due goes out in one buffer and one write; the buffer is freed after,
-            // so an idle connection holds none.
-            let batch = ws::encode_batch(&mut control, &mut conn.out, std::mem::take(&mut ping_due), ws.deflate);
+        if !conn.out.is_empty() || ping_due || !control.is_empty() || !unwritten.is_empty() {
+            // Every frame due goes out in one buffer and one write (after what a direct write
+            // left unwritten); the buffers are freed after, so an idle connection holds none.
+            let mut batch = ws::encode_batch(&mut control, &mut conn.out, std::mem::take(&mut ping_due), ws.deflate);
+            if !unwritten.is_empty() {
+                unwritten.append(&mut batch);
+                batch = std::mem::take(&mut unwritten);
+            }
             let result = tokio::select! {
                 r = ws.write(&batch) => r,
                 _ = &mut killed => {
@@ -308,7 +330,9 @@ async fn run_connection<S>(
                 break None;
             }
         }
+        tx.end_turn(conn.is_settled());
     };
+    tx.close_direct();
     if let Some((code, reason)) = close {
         let mut frame = Vec::new();
         ws::encode_frame(&mut frame, ws::OP_CLOSE, &ws::close_payload(code, reason));

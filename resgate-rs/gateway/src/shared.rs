@@ -184,6 +184,7 @@ impl Shared {
         // The reply waited behind the connection's token events: they are all queued by now.
         let mut token = None;
         while let Ok(msg) = rx.try_recv() {
+            tx.taken();
             if let ConnMsg::Token(t) = msg {
                 token = Some(*t);
             }

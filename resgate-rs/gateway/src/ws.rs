@@ -17,6 +17,7 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -366,6 +367,30 @@ fn encode_text(out: &mut Vec<u8>, payload: &[u8], deflate: bool) {
     });
 }
 
+/// The header of an unfragmented, uncompressed text frame of `len` bytes, on the stack: the
+/// direct path writes it beside the shared payload without copying either.
+pub fn text_header(len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = 0x80 | OP_TEXT;
+    let n = match len {
+        n if n < 126 => {
+            h[1] = n as u8;
+            2
+        }
+        n if n <= 0xFFFF => {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            4
+        }
+        n => {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&(n as u64).to_be_bytes());
+            10
+        }
+    };
+    (h, n)
+}
+
 fn encode_header(out: &mut Vec<u8>, first_byte: u8, len: usize) {
     out.push(first_byte);
     match len {
@@ -404,6 +429,50 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// One upgraded connection: its socket and the frame decoder.
+/// A TCP socket the connection task reads and writes through a shared reference, so that the
+/// fan-out can write events to it directly while the task is idle (see `inbox`).
+pub struct SharedTcp(pub Arc<tokio::net::TcpStream>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale: polling again registers for the next.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Nothing is buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The socket closes when the task drops it.
+        Poll::Ready(Ok(()))
+    }
+}
+
 pub struct WsStream<S> {
     io: S,
     pub decoder: Decoder,

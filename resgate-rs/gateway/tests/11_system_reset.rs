@@ -254,3 +254,19 @@ async fn reset_while_the_service_is_down_keeps_the_resource_and_converges() {
     assert_eq!(c.expect_event("test.model.change").await, json!({"values": {"n": 2}}));
     c.assert_no_message(QUIET).await;
 }
+
+/// A re-fetch reply that events came before may predate them (a service whose get and change
+/// race, e.g. two instances): it is not diffed — that would revert the event — but asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_reply_that_events_came_before_is_asked_again_not_diffed() {
+    let mut env = TestEnv::start().await;
+    let mut c = env.client().await;
+    sub_model(&mut env, &mut c, "test.model", json!({"n": 0})).await;
+    env.service.publish_json("system.reset", json!({"resources": ["test.>"]})).await;
+    let stale = env.service.expect("get.test.model").await;
+    env.service.publish_event("test.model", "change", json!({"values": {"n": 1}})).await;
+    stale.respond_model(json!({"n": 0})).await;
+    assert_eq!(c.expect_event("test.model.change").await, json!({"values": {"n": 1}}));
+    env.service.expect("get.test.model").await.respond_model(json!({"n": 1})).await;
+    c.assert_no_message(QUIET).await;
+}

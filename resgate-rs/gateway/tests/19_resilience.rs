@@ -126,6 +126,57 @@ async fn slow_client_is_disconnected_while_others_keep_receiving() {
     assert!(got < EVENTS + 2, "slow client received everything ({got}); it was never cut off");
 }
 
+/// A client that stops reading mid-fan-out (its socket fills: events written straight from the
+/// fan-out stop part-way and the connection task takes over) and then reads again gets every
+/// event once, in order, as does a client reading all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_pauses_mid_fan_out_gets_every_event_in_order() {
+    const EVENTS: u64 = 1500;
+    let mut env = TestEnv::start_with(|c| {
+        c.max_outbound_bytes = 1 << 30;
+        c.metrics_port = Some(0);
+    })
+    .await;
+    let mut fast = env.client().await;
+    sub_model(&mut env, &mut fast, "test.model", json!({"n": 0})).await;
+    let mut paused = ws_connect_raw(&env.ws_url(), &[]).await.unwrap();
+    paused.send(Message::text(r#"{"id":1,"method":"version","params":{"protocol":"1.2.3"}}"#)).await.unwrap();
+    paused.send(Message::text(r#"{"id":2,"method":"subscribe.test.model"}"#)).await.unwrap();
+    env.service.expect("access.test.model").await.respond_access(true, None).await;
+    let mut replies = 0;
+    while replies < 2 {
+        if let Some(Ok(Message::Text(_))) = timeout(WAIT, paused.next()).await.expect("replies") {
+            replies += 1;
+        }
+    }
+    // ~6 MB of events while `paused` reads nothing: more than its socket buffers hold.
+    let filler = "x".repeat(4 * 1024);
+    for n in 1..=EVENTS {
+        let p = json!({"values": {"n": n, "filler": format!("{n}{filler}")}});
+        env.service.publish_event_noflush("test.model", "change", &p).await;
+        if n % 50 == 0 {
+            env.service.flush().await;
+            for k in n - 49..=n {
+                let ev = fast.expect_event_within("test.model.change", Duration::from_secs(10)).await;
+                assert_eq!(ev["values"]["n"], json!(k));
+            }
+        }
+    }
+    let mut next = 1;
+    while next <= EVENTS {
+        let m = timeout(Duration::from_secs(10), paused.next()).await.expect("events keep coming");
+        let Some(Ok(Message::Text(t))) = m else { panic!("connection ended at event {next}: {m:?}") };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["data"]["values"]["n"], json!(next), "event {next} in order, once");
+        next += 1;
+    }
+    // Both paths were taken: written by the fan-out, and cut short for the task to finish.
+    let m = env.metrics().await;
+    let count = |name: &str| metric_value(&m, name, "").unwrap_or(0.0);
+    assert!(count("resgate_direct_deliveries_total") > 0.0, "no direct delivery happened");
+    assert!(count("resgate_direct_partial_writes_total") > 0.0, "no direct write was cut short");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_that_connection_only() {
     let env = TestEnv::start_with(|c| c.max_inbound_frame = 1024).await;
