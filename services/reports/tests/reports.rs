@@ -11,7 +11,13 @@ use std::time::Duration;
 use tickets::payment::TestProvider;
 
 fn holds() -> HoldConfig {
-    HoldConfig { hold_ttl_secs: 60, max_seats_per_hold: 4, purchase_timeout_secs: 30, sweep_interval_ms: 200 }
+    HoldConfig {
+        hold_ttl_secs: 60,
+        max_seats_per_hold: 4,
+        max_held_seats_per_user: 100,
+        purchase_timeout_secs: 30,
+        sweep_interval_ms: 200,
+    }
 }
 
 fn config() -> reports::Config {

@@ -7,7 +7,13 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 fn holds(ttl_secs: u64) -> HoldConfig {
-    HoldConfig { hold_ttl_secs: ttl_secs, max_seats_per_hold: 4, purchase_timeout_secs: 30, sweep_interval_ms: 100 }
+    HoldConfig {
+        hold_ttl_secs: ttl_secs,
+        max_seats_per_hold: 4,
+        max_held_seats_per_user: 100,
+        purchase_timeout_secs: 30,
+        sweep_interval_ms: 100,
+    }
 }
 
 async fn start(env: &Env, cfg: HoldConfig) -> (seats::Running, Registry) {
@@ -147,7 +153,13 @@ async fn purchases_interrupted_by_a_crash_are_settled_by_the_sweeper() {
     use booking_core::seatmap::SeatStore;
     let env = Env::start().await;
     let dep = env.small_departure(9004, 1).await;
-    let cfg = HoldConfig { hold_ttl_secs: 1, max_seats_per_hold: 4, purchase_timeout_secs: 3, sweep_interval_ms: 100 };
+    let cfg = HoldConfig {
+        hold_ttl_secs: 1,
+        max_seats_per_hold: 4,
+        max_held_seats_per_user: 100,
+        purchase_timeout_secs: 3,
+        sweep_interval_ms: 100,
+    };
     // The seats service runs throughout: its sweeper settles what the crashed instance left.
     let (svc, _reg) = start(&env, cfg.clone()).await;
     let c = env.nats_client().await;
@@ -166,12 +178,13 @@ async fn purchases_interrupted_by_a_crash_are_settled_by_the_sweeper() {
     );
     let unpaid = crashed.hold(dep, "ann", vec!["1-01A".into()]).await.unwrap();
     let paid = crashed.hold(dep, "ann", vec!["1-01B".into()]).await.unwrap();
-    crashed.begin_purchase(dep, &unpaid.hold_id, "ann").await.unwrap();
-    crashed.begin_purchase(dep, &paid.hold_id, "ann").await.unwrap();
+    crashed.begin_purchase(dep, std::slice::from_ref(&unpaid.hold_id), "ann").await.unwrap();
+    crashed.begin_purchase(dep, std::slice::from_ref(&paid.hold_id), "ann").await.unwrap();
     let db = env.pool().get().await.unwrap();
     db.batch_execute(&format!(
         "INSERT INTO orders (id, user_id, departure_id, hold_id, status, total_cents, currency, payment_ref, idempotency_key)
-           VALUES ('ocrash', 'ann', {dep}, '{}', 'placed', 2410, 'EUR', 'test_ch_x', 'k');
+           VALUES ('ocrash', 'ann', {dep}, '{0}', 'placed', 2410, 'EUR', 'test_ch_x', 'k');
+         INSERT INTO order_holds (hold_id, order_id) VALUES ('{0}', 'ocrash');
          INSERT INTO tickets (id, order_id, departure_id, seat_id, class, price_cents, status)
            VALUES ('tcrash', 'ocrash', {dep}, '1-01B', 2, 2410, 'active');",
         paid.hold_id

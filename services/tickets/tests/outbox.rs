@@ -14,7 +14,13 @@ use std::time::Duration;
 use tickets::payment::TestProvider;
 
 fn holds() -> HoldConfig {
-    HoldConfig { hold_ttl_secs: 10, max_seats_per_hold: 4, purchase_timeout_secs: 30, sweep_interval_ms: 100 }
+    HoldConfig {
+        hold_ttl_secs: 10,
+        max_seats_per_hold: 4,
+        max_held_seats_per_user: 100,
+        purchase_timeout_secs: 30,
+        sweep_interval_ms: 100,
+    }
 }
 
 /// Every message of the stream, in stream order: (subject, payload).

@@ -16,7 +16,13 @@ const APPROVE: &str = "4242424242424242";
 const DECLINE: &str = "4000000000000002";
 
 fn holds(ttl_secs: u64) -> HoldConfig {
-    HoldConfig { hold_ttl_secs: ttl_secs, max_seats_per_hold: 4, purchase_timeout_secs: 30, sweep_interval_ms: 100 }
+    HoldConfig {
+        hold_ttl_secs: ttl_secs,
+        max_seats_per_hold: 4,
+        max_held_seats_per_user: 100,
+        purchase_timeout_secs: 30,
+        sweep_interval_ms: 100,
+    }
 }
 
 struct Instances {
