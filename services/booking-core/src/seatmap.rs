@@ -641,7 +641,7 @@ impl SeatStore {
             Some("ok") => {
                 let seats = r.get(1).map(|s| split_seats(s)).unwrap_or_default();
                 let owner = r.get(2).cloned().unwrap_or_default();
-                self.holds_changed(dep, &owner).await;
+                self.departure_holds_changed(dep).await;
                 Ok((seats, owner))
             }
             Some("notyours") => Err(BookingError::NotYourHold),
@@ -652,12 +652,13 @@ impl SeatStore {
 
     /// Releases a hold. `owner` `None`: any hold (operators).
     pub async fn release(&self, dep: i64, hold_id: &str, owner: Option<&str>) -> Result<Vec<String>, BookingError> {
-        let seats = self
+        let (seats, owner) = self
             .transition(dep, || async {
-                let (seats, _) = self.end(dep, hold_id, owner.unwrap_or(""), "release").await?;
-                Ok((seats.clone(), seats))
+                let (seats, owner) = self.end(dep, hold_id, owner.unwrap_or(""), "release").await?;
+                Ok(((seats.clone(), owner), seats))
             })
             .await?;
+        self.user_holds_changed(&owner).await;
         self.inner.metrics.holds_released.inc();
         Ok(seats)
     }
@@ -729,19 +730,27 @@ impl SeatStore {
 
     /// Ends purchased holds once their tickets are committed: their seats now show as sold.
     pub async fn complete_purchase(&self, dep: i64, hold_ids: &[String]) -> Result<(), BookingError> {
-        self.transition(dep, || async {
-            let mut seats = Vec::new();
-            for id in hold_ids {
-                match self.end(dep, id, "", "complete").await {
-                    Ok((s, _)) => seats.extend(s),
-                    // Already settled (e.g. by a sweeper after a crash): nothing to publish.
-                    Err(BookingError::HoldExpired) => {}
-                    Err(e) => return Err(e),
+        let owners = self
+            .transition(dep, || async {
+                let (mut seats, mut owners) = (Vec::new(), HashSet::new());
+                for id in hold_ids {
+                    match self.end(dep, id, "", "complete").await {
+                        Ok((s, owner)) => {
+                            seats.extend(s);
+                            owners.insert(owner);
+                        }
+                        // Already settled (e.g. by a sweeper after a crash): nothing to publish.
+                        Err(BookingError::HoldExpired) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
-            }
-            Ok(((), seats))
-        })
-        .await
+                Ok((owners, seats))
+            })
+            .await?;
+        for owner in owners {
+            self.user_holds_changed(&owner).await;
+        }
+        Ok(())
     }
 
     /// The holds of a user, soonest expiry first (`seats.user.<sub>.holds`).
@@ -785,29 +794,48 @@ impl SeatStore {
         Ok(holds)
     }
 
-    /// Publishes the holds of `owner` and of `dep` after a change to one of them; called inside
-    /// the departure's transition, before its seat events, so a page learns that a seat is its
-    /// own before it sees it held (and that its hold ended before it sees the seat free). The
-    /// user's list spans departures, so it is read and published under a per-user lock (taken
-    /// inside departure locks only, never the other way round); the departure's under its lock.
-    /// A failure is logged: the change itself stands, and the gateway re-reads the lists after
-    /// a NATS outage.
+    /// Publishes the holds of `owner` and of `dep` after a hold was taken or its state changed;
+    /// called inside the departure's transition, before its seat events, so a page learns that
+    /// a seat is its own before it sees it held.
     async fn holds_changed(&self, dep: i64, owner: &str) {
+        self.user_holds_changed(owner).await;
+        self.departure_holds_changed(dep).await;
+    }
+
+    /// Publishes the user's holds. Called before the seat events of a new hold and after those
+    /// of an ended one, so a page never sees its own seat as someone else's. The list spans
+    /// departures, so it is read and published under a per-user lock (taken inside departure
+    /// locks only, never the other way round): each value published is newer than the last. A
+    /// failure is logged: the change itself stands, and the gateway re-reads the list after a
+    /// NATS outage.
+    async fn user_holds_changed(&self, owner: &str) {
         let done = async {
             let guard = self.inner.locks.acquire(&format!("booking:lock:user:{owner}")).await?;
             let mine = self.user_holds(owner).await?;
             let ev = &self.inner.events;
-            ev.change_json(&user_holds_rid(owner), serde_json::json!({ "holds": res_service::data(&mine) })).await?;
+            let rid = user_holds_rid(owner);
+            ev.change_json(&rid, serde_json::json!({ "holds": res_service::data(&mine) })).await?;
             ev.flush().await?;
             if !guard.release().await? {
-                ev.reset(&[user_holds_rid(owner).as_str()], &[]).await?;
+                ev.reset(&[rid.as_str()], &[]).await?;
             }
-            let all = self.departure_holds(dep).await?;
-            ev.change_json(&departure_holds_rid(dep), serde_json::json!({ "holds": res_service::data(&all) })).await?;
             Ok::<_, BookingError>(())
         };
         if let Err(e) = done.await {
-            tracing::warn!(departure = dep, error = %e, "hold lists not published");
+            tracing::warn!(owner, error = %e, "the user's holds were not published");
+        }
+    }
+
+    /// Publishes the departure's holds (operators); inside its transition, so in order.
+    async fn departure_holds_changed(&self, dep: i64) {
+        let done = async {
+            let all = self.departure_holds(dep).await?;
+            let value = serde_json::json!({ "holds": res_service::data(&all) });
+            self.inner.events.change_json(&departure_holds_rid(dep), value).await?;
+            Ok::<_, BookingError>(())
+        };
+        if let Err(e) = done.await {
+            tracing::warn!(departure = dep, error = %e, "the departure's holds were not published");
         }
     }
 
@@ -832,13 +860,14 @@ impl SeatStore {
             let freed = self
                 .transition(dep, || async {
                     match self.end(dep, &id, "", "expire").await {
-                        Ok((seats, _)) => Ok((true, seats)),
+                        Ok((seats, owner)) => Ok((Some(owner), seats)),
                         // Another instance expired it first, or it was released or bought.
-                        Err(_) => Ok((false, Vec::new())),
+                        Err(_) => Ok((None, Vec::new())),
                     }
                 })
                 .await?;
-            if freed {
+            if let Some(owner) = freed {
+                self.user_holds_changed(&owner).await;
                 expired += 1;
                 self.inner.metrics.holds_expired.inc();
             }

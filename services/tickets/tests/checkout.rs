@@ -166,7 +166,8 @@ async fn my_holds_are_live_per_user_and_come_before_the_seat_map() {
     call(&other_tab, &format!("seats.departure.{dep}"), "release", Some(&alice), json!({ "holdId": h })).await.unwrap();
     assert!(mine.wait_for(Duration::from_secs(5), |m| m["holds"]["data"] == json!([])).await);
 
-    // Order on the wire: the user's list changes before the seat map does, both ways.
+    // Order on the wire: a new hold is the user's before the seat shows held; an ended one
+    // shows free before it leaves the user's list (never someone else's seat in between).
     let mut subjects = Vec::new();
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
         subjects.push(m.subject.to_string());
@@ -177,7 +178,7 @@ async fn my_holds_are_live_per_user_and_come_before_the_seat_map() {
     let (u1, m1) = (pos(user, 0).unwrap(), pos(&map, 0).unwrap());
     assert!(u1 < m1, "hold: my holds before the seat map: {subjects:?}");
     let (u2, m2) = (pos(user, u1 + 1).unwrap(), pos(&map, m1 + 1).unwrap());
-    assert!(u2 < m2, "release: my holds before the seat map: {subjects:?}");
+    assert!(m2 < u2, "release: the seat map before my holds: {subjects:?}");
     p.shutdown().await;
 }
 
