@@ -127,6 +127,8 @@ test('sessions outlive several access-token lifetimes: holds, live updates, paym
   await a.click('#pay');
   await a.waitForSelector('.toast[data-kind="success"]', { timeout: 15_000 });
   await seatShows(b, s1, 'sold', 5_000);
+  await a.waitForSelector(`#ticket-list li[data-seat="${s1}"]`, { timeout: 10_000 });
+  await a.click('#nav-tickets');
   await a.waitForSelector(`#orders li[data-status="placed"] >> text=${s1}`, { timeout: 5_000 });
   await b.click(seat(s2));
   await seatShows(b, s2, 'free', 5_000);
@@ -161,8 +163,9 @@ test('a tab that comes back after its access token expired is still signed in (r
   await page.click(seat(s));
   await seatShows(page, s, 'mine', 5_000);
   await seatShows(users.bob.page, s, 'held', 2_000);
-  await page.waitForSelector('#orders li[data-status="placed"]', { timeout: 5_000 });
   await page.click(seat(s));
   await seatShows(page, s, 'free', 5_000);
+  await page.click('#nav-tickets');
+  await page.waitForSelector('#orders li[data-status="placed"]', { timeout: 5_000 });
   await assertStillSignedIn('alice', since);
 });

@@ -242,7 +242,7 @@ export class DepartureView {
     btn.setAttribute('aria-disabled', String(!actionable));
     btn.setAttribute('aria-pressed', String(state === 'mine'));
     const price = this.#price(seat?.class);
-    const label = `Seat ${seatId}, car ${seat?.car}, row ${seat?.row}, ${className(seat?.class)}${features.length ? `, ${features.join(', ')}` : ''}, ${STATE_LABEL[state]}${state === 'free' && price ? `, ${price}` : ''}`;
+    const label = `Seat ${seat?.letter}, row ${seat?.row}, car ${seat?.car} (${seatId}), ${className(seat?.class)}${features.length ? `, ${features.join(', ')}` : ''}, ${STATE_LABEL[state]}${state === 'free' && price ? `, ${price}` : ''}`;
     btn.setAttribute('aria-label', label);
     btn.title = label;
   }
@@ -279,9 +279,8 @@ export class DepartureView {
       this.cars.map(([car, list]) => {
         const free = list.filter((s) => this.map[s.id] === 'free').length;
         return h('button', { type: 'button', class: `car-chip car-class-${list[0].class}`, dataset: { car },
-          'aria-label': `Car ${car}, ${className(list[0].class)}, ${free} of ${list.length} seats free`,
-          onclick: () => this.#goToCar(car) },
-        h('strong', {}, `Car ${car}`), h('span', {}, className(list[0].class)), h('span', { class: 'car-free' }, `${free} free`));
+          title: `${free} of ${list.length} seats free`, onclick: () => this.#goToCar(car) },
+        h('strong', {}, `Car ${car}`), h('span', {}, ` ${className(list[0].class)} `), h('span', { class: 'car-free' }, `${free} free`));
       }));
   }
 
