@@ -4,7 +4,9 @@
 //! - sold: PostgreSQL (`tickets`, one active ticket per seat by a partial unique index): the truth.
 //! - held: Redis. `booking:held:<dep>` maps seat → hold ID; `booking:hold:<id>` is the hold
 //!   (owner, departure, seats, expiry, state `active`|`purchasing`); `booking:holds:expiry` and
-//!   `booking:holds:purchasing` are sorted sets by deadline that the sweepers scan.
+//!   `booking:holds:purchasing` are sorted sets by deadline that the sweepers scan;
+//!   `booking:user:<sub>:holds` maps each of a user's holds to its seat count (the per-user cap
+//!   and `seats.user.<sub>.holds`), kept by the same scripts that take and end holds.
 //! - free: everything else.
 //!
 //! Ordering (the RES rule: events of one resource in order, each change before the reply): every

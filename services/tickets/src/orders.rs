@@ -1,7 +1,8 @@
 //! Purchase and cancellation.
 //!
-//! Purchase: (1) an idempotent replay returns the order already placed with the key; (2) the hold
-//! is checked (the caller's, active, unexpired) and frozen against expiry; (3) the price is quoted
+//! Purchase (one checkout: one or several holds of a departure, one order, one charge): (1) an
+//! idempotent replay returns the order already placed with the key; (2) the holds are checked
+//! (the caller's, active, unexpired) and frozen against expiry, all or none; (3) the price is quoted
 //! by the fare rule and charged; a decline puts the hold back; (4) order and tickets are inserted
 //! in one transaction with the `booking.events.order.placed` outbox row, where the partial unique
 //! index rules out a double sale, and the order is added to the owner's and the operators' lists;
