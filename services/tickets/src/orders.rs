@@ -297,7 +297,9 @@ impl Orders {
             }
             Err(e) => return Err(e),
         };
-        let seats: Vec<String> = holds.iter().flat_map(|h| h.seats.iter().cloned()).collect();
+        // Tickets in seat order, as a read of the order lists them.
+        let mut seats: Vec<String> = holds.iter().flat_map(|h| h.seats.iter().cloned()).collect();
+        seats.sort();
         match self.pay_and_place(who, &p, &hold_ids, &seats).await {
             Ok((order, listed)) => {
                 // Committed: the answer is success whatever follows; what fails here the settler
