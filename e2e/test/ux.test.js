@@ -279,7 +279,7 @@ test('the seat map: prices per class, cars with free seats and the direction of 
   await seatShows(page, s, 'free', 5_000);
 });
 
-test('keyboard only: search, a seat by arrow keys (one tab stop), pay', async () => {
+test('keyboard only: search, a seat by arrow keys (one tab stop), pay', async (t) => {
   const ctx = await browser.newContext({ viewport: DESKTOP });
   const { page } = await signIn(ctx, 'bob');
   // Search by keyboard.
@@ -334,6 +334,7 @@ test('keyboard only: search, a seat by arrow keys (one tab stop), pay', async ()
     await page.keyboard.press('Tab');
     assert.ok(++presses <= 5, `card field within 5 Tabs of the seat (${presses})`);
   }
+  t.diagnostic(`Tab presses from the held seat to the card field: ${presses}`);
   await page.keyboard.type('4242 4242 4242 4242');
   await page.keyboard.press('Enter');
   await paidOrder(page);
@@ -341,7 +342,7 @@ test('keyboard only: search, a seat by arrow keys (one tab stop), pay', async ()
   await ctx.close();
 });
 
-test('a frozen gateway: a tapped seat says so and offers a retry; a fresh page shows loading, then an error with a retry', async () => {
+test('a frozen gateway: a tapped seat says so and offers a retry; a fresh page shows loading, then an error with a retry', async (t) => {
   const { page } = alice;
   await openDeparture(page, dep);
   const s = await freeSeat();
@@ -353,6 +354,7 @@ test('a frozen gateway: a tapped seat says so and offers a retry; a fresh page s
     await page.click(seat(s));
     const msg = await page.waitForSelector('.toast[data-kind="error"]:has-text("did not answer")', { timeout: 20_000 });
     assert.ok(Date.now() - t0 < 15_000, 'told within the call timeout');
+    t.diagnostic(`frozen gateway: the user was told after ${Date.now() - t0} ms`);
     assert.ok(await msg.$('button:has-text("Try again")'), 'with a retry');
     assert.equal(await page.getAttribute(seat(s), 'data-state'), 'free');
     assert.ok(!(await page.getAttribute(seat(s), 'class')).includes('seat-busy'), 'no endless spinner');
