@@ -937,3 +937,24 @@ impl SeatStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::seat_features;
+
+    #[test]
+    fn features_follow_the_place_in_the_car() {
+        let four: Vec<String> = "ABCD".chars().map(String::from).collect();
+        let three: Vec<String> = "ABC".chars().map(String::from).collect();
+        assert_eq!(seat_features(&four, 14, 1, "A"), ["window"]);
+        assert_eq!(seat_features(&four, 14, 1, "B"), ["aisle"]);
+        assert_eq!(seat_features(&four, 14, 7, "C"), ["aisle", "table"]);
+        assert_eq!(seat_features(&four, 14, 8, "D"), ["window", "table"]);
+        assert!(seat_features(&four, 14, 9, "D").len() == 1);
+        // Three across is A | B C: A sits alone, by the window and the aisle.
+        assert_eq!(seat_features(&three, 10, 1, "A"), ["window", "aisle"]);
+        assert_eq!(seat_features(&three, 10, 5, "B"), ["aisle", "table"]);
+        assert_eq!(seat_features(&three, 10, 2, "C"), ["window"]);
+        assert!(seat_features(&three, 10, 2, "Z").is_empty());
+    }
+}
