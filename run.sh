@@ -3,6 +3,8 @@
 # OpenID Provider, resgate-rs, every booking service of the workspace and the web app.
 #
 #   ./setup.sh && ./run.sh            then open the printed URL; Ctrl-C stops everything
+#   ./run.sh & ... kill -TERM $!      from a script: stop it with SIGTERM (a shell starts
+#                                     background jobs with SIGINT ignored, and that cannot be undone)
 #   ./run.sh --release                use release builds
 #   ./run.sh --no-build               do not run cargo build / npm run build first
 #
@@ -24,7 +26,7 @@ for arg in "$@"; do
     --release) PROFILE=release ;;
     --no-build) BUILD=0 ;;
     -h | --help)
-      sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -253,7 +255,11 @@ if [[ $("${PSQL[@]}" -c "SELECT 1 FROM pg_database WHERE datname = 'booking'") !
 fi
 
 mkdir -p "$RUN_DIR/redis"
-launch redis redis-server --bind "$HOST" --port "$REDIS_PORT" --dir "$RUN_DIR/redis" --save 60 1 --appendonly no --protected-mode yes
+# Append-only file, fsynced every second (docs/API.md says why not `always`): a crash loses at
+# most the last second of holds, and the seats service resets every seat map when it sees Redis
+# restarted, so the maps show what survived.
+launch redis redis-server --bind "$HOST" --port "$REDIS_PORT" --dir "$RUN_DIR/redis" --save 60 1 \
+  --appendonly yes --appendfsync everysec --protected-mode yes
 wait_for redis "port $REDIS_PORT" 20 port_busy "$REDIS_PORT"
 
 # The realm allows redirects to port 8000; for another WEB_PORT a local copy adds that port.
@@ -310,7 +316,7 @@ done
 
 # ---------------------------------------------------------------- gateway and web app
 GW_FLAGS=(-n "nats://$HOST:$NATS_PORT" -i "$HOST" -p "$GATEWAY_PORT")
-has identity-auth && GW_FLAGS+=(--headauth identity.session.header --wsheadauth identity.session.header)
+has identity-auth && GW_FLAGS+=(--headauth identity.session.header --wsheadauth identity.session.wsheader)
 launch gateway "$BIN/resgate-rs" "${GW_FLAGS[@]}"
 wait_for gateway "port $GATEWAY_PORT" 30 port_busy "$GATEWAY_PORT"
 

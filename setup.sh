@@ -69,9 +69,9 @@ step "npm dependencies"
 for dir in $(git ls-files '*package-lock.json' | xargs -rn1 dirname); do
   if [[ ! -d "$dir/node_modules" || "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]]; then
     echo "npm ci in $dir"
-    # npm 11 sometimes rejects lockfiles that lack other platforms' optional packages (rollup);
-    # fall back to a plain install from the same lockfile then.
-    (cd "$dir" && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; })
+    # Exactly the committed lock file, never rewritten: it lists every platform's optional
+    # packages (regenerate with `npm install --package-lock-only`), so `npm ci` takes it anywhere.
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   else
     echo "$dir up to date"
   fi

@@ -50,6 +50,10 @@ pub struct Config {
     /// Connections tracked for token expiry; logins beyond are refused.
     #[arg(long, env = "IDENTITY_MAX_SESSIONS", default_value_t = 200_000)]
     pub max_sessions: usize,
+    /// Connections tracked per user; a login beyond clears the token of the user's connection
+    /// that expires first (RES does not tell services when a connection closes).
+    #[arg(long, env = "IDENTITY_MAX_SESSIONS_PER_USER", default_value_t = 50)]
+    pub max_sessions_per_user: usize,
 }
 
 impl Config {
@@ -68,6 +72,7 @@ impl Config {
             validator: self.validator_config(),
             cookie_name: self.cookie_name.clone(),
             max_sessions: self.max_sessions,
+            max_sessions_per_user: self.max_sessions_per_user,
         }
     }
 }

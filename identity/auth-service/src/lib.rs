@@ -8,8 +8,12 @@
 //!   then replies with the same object. On failure the connection token is left alone.
 //! - `auth.identity.session.logout`: clears the connection token. Also the `subject` to give
 //!   `system.tokenReset` to log a user (`tid` = `sub`) out of every connection.
-//! - `auth.identity.session.header`: for the gateway's `headerAuth` / `wsHeaderAuth`; reads
+//! - `auth.identity.session.header`: for the gateway's `headerAuth` (HTTP API requests); reads
 //!   `Authorization: Bearer <token>` (or the configured cookie) from the request's HTTP context.
+//!   The token lives for one request: no expiry is tracked.
+//! - `auth.identity.session.wsheader`: the same for `wsHeaderAuth` (WebSocket upgrades); the
+//!   token's expiry is tracked like a login's. (Resgate marks both kinds `isHttp`; only the
+//!   method tells them apart, a client's `Upgrade` header does not.)
 //!
 //! A token set on a WebSocket connection is cleared again when the access token expires
 //! ([`expiry`]), so a long-lived socket cannot outlive its token; the client keeps its session by
@@ -41,8 +45,10 @@ pub const SERVICE: &str = "identity";
 /// The resource the auth methods live on. res-service routes only resources below the service
 /// name, so this cannot be the bare `identity`.
 pub const RID: &str = "identity.session";
-/// The headerAuth / wsHeaderAuth value for the gateway (`--headauth`, `--wsheadauth`).
+/// The headerAuth value for the gateway (`--headauth`).
 pub const HEADER_AUTH: &str = "identity.session.header";
+/// The wsHeaderAuth value for the gateway (`--wsheadauth`).
+pub const WS_HEADER_AUTH: &str = "identity.session.wsheader";
 
 /// NATS header naming the instance that published a token event, so each instance can tell its
 /// own events from a newer login handled by another instance.
@@ -90,11 +96,14 @@ pub struct Settings {
     pub cookie_name: Option<String>,
     /// At most this many connections tracked for expiry; logins beyond are refused.
     pub max_sessions: usize,
+    /// At most this many tracked connections per user; a login beyond clears the token of the
+    /// user's connection that expires first.
+    pub max_sessions_per_user: usize,
 }
 
 impl Settings {
     pub fn new(validator: ValidatorConfig) -> Settings {
-        Settings { validator, cookie_name: None, max_sessions: 200_000 }
+        Settings { validator, cookie_name: None, max_sessions: 200_000, max_sessions_per_user: 50 }
     }
 }
 
@@ -219,10 +228,19 @@ impl Auth {
             self.schedule.cancel(cid);
             return Ok(());
         }
-        if self.schedule.schedule(cid, self.deadline(token.exp)).is_err() {
-            tracing::error!(cid, tracked = self.schedule.len(), "expiry schedule full; refusing login");
-            let _ = self.publish_token(cid, None, false).await;
-            return Err(("error", ResError::new(code::INTERNAL_ERROR, "too many sessions")));
+        match self.schedule.schedule(cid, &token.sub, self.deadline(token.exp)) {
+            Ok(None) => {}
+            Ok(Some(evicted)) => {
+                tracing::info!(cid = %evicted, sub = %token.sub, "too many connections of one user; clearing the oldest");
+                if let Err(e) = self.publish_token(&evicted, None, false).await {
+                    tracing::warn!(cid = %evicted, error = %e, "clearing an evicted connection's token failed");
+                }
+            }
+            Err(_) => {
+                tracing::error!(cid, tracked = self.schedule.len(), "expiry schedule full; refusing login");
+                let _ = self.publish_token(cid, None, false).await;
+                return Err(("error", ResError::new(code::INTERNAL_ERROR, "too many sessions")));
+            }
         }
         Ok(())
     }
@@ -248,7 +266,8 @@ impl Auth {
         Ok(CallResponse::null())
     }
 
-    async fn header(&self, req: &Request) -> Result<CallResponse, Failure> {
+    /// headerAuth (`track` false: one HTTP request) or wsHeaderAuth (`track` true).
+    async fn header(&self, req: &Request, track: bool) -> Result<CallResponse, Failure> {
         let cid = valid_cid(req.cid()).map_err(|e| ("invalid", e))?;
         let header = &req.http().header;
         let Some(raw) = bearer_token(header, self.cookie_name.as_deref()) else {
@@ -256,9 +275,6 @@ impl Auth {
             return Err(("none", ResError::new(code::ACCESS_DENIED, "no bearer token")));
         };
         let token = self.validate(cid, &raw).await?;
-        // A WebSocket lives on and needs the expiry; an HTTP API request's temporary connection
-        // is gone after one request.
-        let track = !req.is_http() || is_websocket_upgrade(header);
         self.set_token(cid, &token, track).await?;
         // Let the server ack the token event before the reply goes out. NATS already orders the
         // two, but resgate-rs routes token events and replies through different tasks and reads
@@ -295,13 +311,14 @@ impl Auth {
         }
         let tracked_exp = match (&from, header(TRACK_HEADER)) {
             (Some(_), Some(_)) => {
-                serde_json::from_slice::<Event>(&msg.payload).ok().and_then(|e| e.token).map(|t| t.exp)
+                serde_json::from_slice::<Event>(&msg.payload).ok().and_then(|e| e.token).map(|t| (t.sub, t.exp))
             }
             _ => None,
         };
         match tracked_exp {
-            Some(exp) => {
-                if self.schedule.schedule(cid, self.deadline(exp)).is_err() {
+            Some((sub, exp)) => {
+                // The instance that set the token clears any connection it evicted.
+                if self.schedule.schedule(cid, &sub, self.deadline(exp)).is_err() {
                     tracing::warn!(cid, "expiry schedule full; not tracking a token set by another instance");
                 }
             }
@@ -334,10 +351,6 @@ pub fn bearer_token(header: &Header, cookie_name: Option<&str>) -> Option<String
             (k.trim() == name && !v.is_empty()).then(|| v.to_owned())
         })
     })
-}
-
-fn is_websocket_upgrade(header: &Header) -> bool {
-    header.get("Upgrade").into_iter().flatten().any(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Why the service could not start.
@@ -388,11 +401,11 @@ impl IdentityAuth {
     ) -> Result<IdentityAuth, StartError> {
         let grace = settings.validator.leeway;
         let validator = validator(settings.validator).await.map_err(StartError::Validator)?;
-        let schedule = Arc::new(ExpirySchedule::new(settings.max_sessions));
+        let schedule = Arc::new(ExpirySchedule::new(settings.max_sessions, settings.max_sessions_per_user));
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "identity_auth_requests",
-            "Auth requests by method (login, logout, header) and result (ok, invalid, expired, error, none)",
+            "Auth requests by method (login, logout, header, wsheader) and result (ok, invalid, expired, error, none)",
             requests.clone(),
         );
         registry
@@ -446,7 +459,8 @@ impl IdentityAuth {
                     let r = match name {
                         "login" => auth.login(&req).await,
                         "logout" => auth.logout(&req).await,
-                        _ => auth.header(&req).await,
+                        "wsheader" => auth.header(&req, true).await,
+                        _ => auth.header(&req, false).await,
                     };
                     auth.finish(name, r).await
                 }
@@ -457,7 +471,8 @@ impl IdentityAuth {
             Handler::new()
                 .auth("login", method("login"))
                 .auth("logout", method("logout"))
-                .auth("header", method("header")),
+                .auth("header", method("header"))
+                .auth("wsheader", method("wsheader")),
         );
         let running = svc.start(client).await.map_err(StartError::Service)?;
         tracing::info!(rid = RID, header_auth = HEADER_AUTH, "identity-auth serving");
@@ -516,12 +531,6 @@ mod tests {
         for bad in ["", "a.b", "*", ">", "a b", "a\tb"] {
             assert!(valid_cid(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn websocket_upgrade_is_detected_from_headers() {
-        assert!(is_websocket_upgrade(&header(&[("Upgrade", "WebSocket")])));
-        assert!(!is_websocket_upgrade(&header(&[("Accept", "application/json")])));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::Parser;
 use identity_auth::IdentityAuth;
@@ -9,6 +11,9 @@ use identity_auth::config::Config;
 use prometheus_client::registry::Registry;
 use res_telemetry::admin::Health;
 use tokio_util::sync::CancellationToken;
+
+/// The most a shutdown may take: with NATS unreachable, nothing it waits for may ever come.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(8);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,10 +43,22 @@ async fn main() -> anyhow::Result<()> {
     if let Some(creds) = &config.nats_creds {
         options = options.credentials_file(creds).await.with_context(|| format!("read {}", creds.display()))?;
     }
-    let client = options.connect(&config.nats_url).await.with_context(|| format!("connect {}", config.nats_url))?;
-
-    let mut registry = Registry::default();
-    let service = IdentityAuth::start(client.clone(), config.settings(), &mut registry).await?;
+    // SIGTERM is honoured from here on, even while start-up waits for an unreachable NATS.
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let start = async {
+        let client = options.connect(&config.nats_url).await.with_context(|| format!("connect {}", config.nats_url))?;
+        let mut registry = Registry::default();
+        let service = IdentityAuth::start(client.clone(), config.settings(), &mut registry).await?;
+        anyhow::Ok((client, registry, service))
+    };
+    let (client, registry, service) = tokio::select! {
+        started = start => started?,
+        _ = &mut signal => {
+            tracing::info!("stopped before start-up finished");
+            return Ok(());
+        }
+    };
     health.set(true);
 
     let stop_admin = CancellationToken::new();
@@ -53,12 +70,17 @@ async fn main() -> anyhow::Result<()> {
     ));
     tracing::info!(admin = %config.admin_addr, issuer = %config.issuer_url, "identity-auth started");
 
-    shutdown_signal().await;
+    signal.await;
     tracing::info!("shutting down");
     // Unhealthy first, so the orchestrator stops routing while requests in flight finish.
     health.set(false);
-    service.shutdown().await;
-    let _ = client.flush().await;
+    let drain = async {
+        service.shutdown().await;
+        let _ = client.flush().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_LIMIT, drain).await.is_err() {
+        tracing::warn!(limit = ?SHUTDOWN_LIMIT, "shutdown did not finish (NATS unreachable?); exiting anyway");
+    }
     stop_admin.cancel();
     let _ = admin_task.await;
     Ok(())

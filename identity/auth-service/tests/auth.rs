@@ -365,3 +365,36 @@ async fn two_instances_keep_one_expiry_per_connection() {
     second.shutdown().await;
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_fill_the_session_table_and_lock_others_out() {
+    let issuer = Issuer::start().await;
+    let mut s = settings(&issuer.url);
+    (s.max_sessions, s.max_sessions_per_user) = (4, 2);
+    let env = Env::start(s).await;
+    let bob = issuer.mint(json!({ "username": "bob" })).await;
+    // Connection after connection, each closed again: RES does not tell services about it.
+    for _ in 0..8 {
+        let mut c = env.ws().await;
+        assert!(c.login(&bob).await.get("result").is_some());
+    }
+    // HTTP API requests claiming to upgrade are one request each: never tracked.
+    let http = openidconnect::reqwest::Client::new();
+    for _ in 0..8 {
+        let res = http
+            .get(env.http_url("/api/test/private"))
+            .header("authorization", format!("Bearer {bob}"))
+            .header("upgrade", "websocket")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(res.status().as_u16(), 500);
+    }
+    assert!(env.tracked() <= 2, "one user holds {} of 4 entries", env.tracked());
+    let alice = issuer.mint(json!({ "username": "alice" })).await;
+    let mut a = env.ws().await;
+    let r = a.login(&alice).await;
+    assert!(r.get("result").is_some(), "another user is locked out: {r}");
+    assert_eq!(a.whoami().await["sub"], ALICE);
+    env.stop().await;
+}

@@ -30,7 +30,7 @@
 use crate::diff;
 use crate::event::{EventKind, Outlet, ResourceEvent};
 use crate::metrics::Metrics;
-use crate::nats::{Nats, RequestError, Route, ServiceReply, Subscription, WhenFull};
+use crate::nats::{Fences, Nats, RequestError, Route, ServiceReply, Subscription, WhenFull};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -454,7 +454,7 @@ impl Cache {
                 "get",
                 &format!("get.{name}"),
                 service::get_request(query),
-                move |_| vec![route],
+                move |_| Fences { primary: Some(route), others: Vec::new() },
                 WhenFull::Fail,
                 store,
             )
@@ -716,7 +716,7 @@ impl Cache {
                 "get",
                 &subject,
                 service::get_request(query.as_deref()),
-                move |_| vec![route],
+                move |_| Fences { primary: Some(route), others: Vec::new() },
                 WhenFull::Fail,
                 on_reply,
             )

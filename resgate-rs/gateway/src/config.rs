@@ -92,7 +92,8 @@ pub struct Config {
     pub max_inbound_frame: usize,
     /// WebSocket ping interval in milliseconds (0 = off).
     pub ping_interval: u64,
-    /// A client that sends nothing (not even a pong) for this many milliseconds is closed.
+    /// A client that sends nothing (not even a pong) for this many milliseconds is closed; only
+    /// complete WebSocket frames count. Also the most an HTTP request body may take to arrive.
     pub idle_timeout: u64,
     /// How long an unsubscribed resource stays cached, in milliseconds.
     pub unsubscribe_delay: u64,

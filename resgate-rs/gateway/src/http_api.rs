@@ -4,7 +4,7 @@
 use crate::cache::Graph;
 use crate::config::ApiEncoding;
 use crate::inbox::ConnTx;
-use crate::shared::{Body, Shared, http_context, new_cid};
+use crate::shared::{Body, Shared, http_context, new_cid, simple};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -321,9 +321,14 @@ async fn serve(req: Request<Incoming>, remote: SocketAddr, shared: &Shared, meth
     let params = match &call_method {
         None => None,
         Some(_) => {
-            let body = match Limited::new(req.into_body(), shared.config.max_inbound_frame).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return error_response(shared, &ResError::bad_request(), None),
+            // Bounded in time (idleTimeout) as in size: a body trickled slowly would pin its
+            // buffer forever.
+            let read = Limited::new(req.into_body(), shared.config.max_inbound_frame).collect();
+            let limit = std::time::Duration::from_millis(shared.config.idle_timeout.max(1));
+            let body = match tokio::time::timeout(limit, read).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(_)) => return error_response(shared, &ResError::bad_request(), None),
+                Err(_) => return simple(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout\n"),
             };
             if body.iter().all(u8::is_ascii_whitespace) {
                 None

@@ -25,7 +25,7 @@ use res_protocol::ResError;
 use res_protocol::service::parse_pre_response;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
@@ -48,7 +48,7 @@ pub enum ConnectionEvent {
 enum Delivery {
     Message(Message),
     /// A reply waiting behind this point of the subscription's messages.
-    Fence(#[allow(dead_code, reason = "held for its drop")] Arc<Release>),
+    Fence(Fence),
 }
 
 /// Why a request got no reply from a service.
@@ -78,7 +78,16 @@ pub type ServiceReply = Result<Bytes, RequestError>;
 type OnReply = Box<dyn FnOnce(ServiceReply) + Send>;
 
 /// Chooses, when the reply arrives, the routes it must wait behind.
-type Fences = Box<dyn FnOnce(&ServiceReply) -> Vec<Route> + Send>;
+type PickFences = Box<dyn FnOnce(&ServiceReply) -> Fences + Send>;
+
+/// Where a reply waits: behind every route's earlier messages; and, with a primary route, it is
+/// handed over *at* its place there, as Resgate hands a reply over in the called resource's
+/// worker — so that resource's events sent after the reply come after it too.
+#[derive(Default)]
+pub struct Fences {
+    pub primary: Option<Route>,
+    pub others: Vec<Route>,
+}
 
 /// What to do when a fence cannot be queued because its subscription's channel is full (the
 /// subscription is dropping messages, and a re-validation will follow).
@@ -98,10 +107,14 @@ struct Waiting {
 }
 
 /// A reply held behind fences. Every fence holds a share, and so does the reader while it
-/// places them; the reply is let go when the last share is dropped — a fence reached by its
-/// consumer, or dropped with its channel when the subscription goes away, or one that could not
-/// be queued.
+/// places them. Without a primary fence the reply is let go when the last share is dropped — a
+/// fence reached by its consumer, dropped with its channel when the subscription goes away, or
+/// one that could not be queued. A primary fence, once reached, holds its consumer until it is
+/// the last share, then lets the reply go right there.
 struct Release {
+    shares: AtomicUsize,
+    /// Wakes the consumer waiting at the primary fence as the other shares go.
+    passed: tokio::sync::Notify,
     /// A fence could not be queued on a full channel and the reply must then fail.
     failed: AtomicBool,
     run: Mutex<Option<ReleaseRun>>,
@@ -110,10 +123,45 @@ struct Release {
 /// What a release runs, told whether a fence failed.
 type ReleaseRun = Box<dyn FnOnce(bool) + Send>;
 
-impl Drop for Release {
-    fn drop(&mut self) {
-        if let Some(run) = self.run.get_mut().take() {
+impl Release {
+    fn run(&self) {
+        let run = self.run.lock().take();
+        if let Some(run) = run {
             run(self.failed.load(Ordering::Acquire));
+        }
+    }
+}
+
+/// One share of a held reply.
+pub struct Fence {
+    release: Arc<Release>,
+    primary: bool,
+}
+
+impl Fence {
+    fn new(release: &Arc<Release>, primary: bool) -> Fence {
+        release.shares.fetch_add(1, Ordering::AcqRel);
+        Fence { release: release.clone(), primary }
+    }
+
+    /// The consumer reached the fence: a primary one waits for the others, then lets the reply
+    /// go here.
+    async fn reached(self) {
+        if self.primary {
+            while self.release.shares.load(Ordering::Acquire) > 1 {
+                self.release.passed.notified().await;
+            }
+            self.release.run();
+        }
+    }
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        if self.release.shares.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.release.run();
+        } else {
+            self.release.passed.notify_one();
         }
     }
 }
@@ -122,7 +170,7 @@ enum Pending {
     /// The reply goes straight to the waiting request.
     Direct(Waiting),
     /// The final reply waits behind fences, then `on_reply` takes it and the request returns.
-    Ordered { fences: Fences, when_full: WhenFull, waiting: Waiting, on_reply: OnReply },
+    Ordered { fences: PickFences, when_full: WhenFull, waiting: Waiting, on_reply: OnReply },
 }
 
 struct Inner {
@@ -223,8 +271,7 @@ impl Subscription {
         loop {
             match self.rx.recv().await? {
                 Delivery::Message(m) => return Some(m),
-                // Reached: this share of the reply is let go.
-                Delivery::Fence(_) => {}
+                Delivery::Fence(fence) => fence.reached().await,
             }
         }
     }
@@ -311,11 +358,11 @@ impl Nats {
         kind: &'static str,
         subject: &str,
         payload: Vec<u8>,
-        fences: impl FnOnce(&ServiceReply) -> Vec<Route> + Send + 'static,
+        fences: impl FnOnce(&ServiceReply) -> Fences + Send + 'static,
         when_full: WhenFull,
         on_reply: impl FnOnce(ServiceReply) + Send + 'static,
     ) -> impl Future<Output = Result<(), RequestError>> + Send + 'static {
-        let fences: Fences = Box::new(fences);
+        let fences: PickFences = Box::new(fences);
         let on_reply: OnReply = Box::new(on_reply);
         let sent = self.publish_request(kind, subject, payload, move |waiting| Pending::Ordered {
             fences,
@@ -438,12 +485,12 @@ impl Inner {
     fn fence(
         &self,
         reply: ServiceReply,
-        fences: Fences,
+        fences: PickFences,
         when_full: WhenFull,
         done: tokio::sync::oneshot::Sender<ServiceReply>,
         on_reply: OnReply,
     ) {
-        let routes = fences(&reply);
+        let Fences { primary, others } = fences(&reply);
         let run = move |failed: bool| {
             let reply = match failed {
                 true => Err(ResError::internal("reply dropped: subscription buffer full").into()),
@@ -452,10 +499,19 @@ impl Inner {
             on_reply(reply);
             let _ = done.send(Ok(Bytes::new()));
         };
-        let release = Arc::new(Release { failed: AtomicBool::new(false), run: Mutex::new(Some(Box::new(run))) });
-        for route in routes {
+        let release = Arc::new(Release {
+            shares: AtomicUsize::new(0),
+            passed: tokio::sync::Notify::new(),
+            failed: AtomicBool::new(false),
+            run: Mutex::new(Some(Box::new(run))),
+        });
+        let reader = Fence::new(&release, false);
+        let routes = others.into_iter().map(|r| (r, false)).chain(primary.map(|r| (r, true)));
+        for (route, primary) in routes {
             // A fence that cannot be queued is dropped here, and its share with it.
-            if let Err(mpsc::error::TrySendError::Full(_)) = route.0.try_send(Delivery::Fence(release.clone())) {
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                route.0.try_send(Delivery::Fence(Fence::new(&release, primary)))
+            {
                 // Dropped like any message of a full subscription; the re-validation after a
                 // slow consumer repairs the rest.
                 if when_full == WhenFull::Fail {
@@ -464,6 +520,7 @@ impl Inner {
                 self.slow_consumer();
             }
         }
+        drop(reader);
     }
 
     fn slow_consumer(&self) {

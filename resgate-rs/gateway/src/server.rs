@@ -239,11 +239,14 @@ async fn run_connection<S>(
             read = ws.read() => match read {
                 Ok(0) => break None,
                 Ok(_) => {
-                    last_seen = Instant::now();
                     // Every complete request of this read is handled before the replies are
-                    // written, so they go out together.
+                    // written, so they go out together. Only complete messages and control
+                    // frames count as activity: a frame trickled a byte at a time does not keep
+                    // the connection (and the frame's buffer) alive past the idle timeout.
                     let mut closing = None;
-                    let parsed = ws.decoder.parse(|m| match m {
+                    let parsed = ws.decoder.parse(|m| {
+                        last_seen = Instant::now();
+                        match m {
                         ws::Incoming::Text(t) if std::str::from_utf8(t).is_err() => {
                             closing = Some((ws::CLOSE_INVALID_PAYLOAD, "text frame not UTF-8"));
                             false
@@ -262,7 +265,7 @@ async fn run_connection<S>(
                             closing = Some((code.unwrap_or(ws::CLOSE_NORMAL), ""));
                             false
                         }
-                    });
+                    }});
                     if let Err(e) = parsed {
                         if let ws::ReadError::TooBig(_) = e {
                             tracing::info!(%cid, error = %e, "client message too large");

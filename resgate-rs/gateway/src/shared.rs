@@ -6,7 +6,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::inbox::{ConnMsg, ConnTx};
 use crate::metrics::Metrics;
-use crate::nats::{Nats, Route, ServiceReply, WhenFull};
+use crate::nats::{Fences, Nats, Route, ServiceReply, WhenFull};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -124,28 +124,24 @@ impl Shared {
         rx.await.unwrap_or_else(|_| (Err(ResError::internal("reply lost")), None))
     }
 
-    /// Picks, when a reply arrives, the routes it must wait behind (see `call_ordered`).
-    fn fences_for(
-        &self,
-        conn: Option<&ConnTx>,
-        key: &str,
-    ) -> impl FnOnce(&ServiceReply) -> Vec<Route> + Send + 'static {
+    /// Picks, when a reply arrives, the routes it must wait behind (see `call_ordered`): it is
+    /// handed over at its place among the called resource's events.
+    fn fences_for(&self, conn: Option<&ConnTx>, key: &str) -> impl FnOnce(&ServiceReply) -> Fences + Send + 'static {
         let cache = self.cache.clone();
         let conn = conn.map(|c| (c.clone(), self.conn_route.clone()));
         let name = split_query(key).0.to_owned();
         move |reply| {
-            let mut routes = Vec::new();
+            let mut others = Vec::new();
             if let Some((conn, conn_route)) = conn {
-                routes.push(conn_route);
-                conn.held_routes(&mut routes);
+                others.push(conn_route);
+                conn.held_routes(&mut others);
             }
-            routes.extend(cache.route_of_name(&name));
             if let Ok(p) = reply
                 && let (Ok(CallResult::Resource(rid)), _) = service::decode_call(p)
             {
-                routes.extend(cache.route_of_name(split_query(&rid).0));
+                others.extend(cache.route_of_name(split_query(&rid).0));
             }
-            routes
+            Fences { primary: cache.route_of_name(&name), others }
         }
     }
 

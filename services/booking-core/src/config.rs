@@ -105,6 +105,19 @@ pub struct HoldConfig {
     /// How often the sweeper looks for expired holds, in milliseconds.
     #[arg(long, env = "BOOKING_SWEEP_INTERVAL_MS", default_value_t = 500)]
     pub sweep_interval_ms: u64,
+    /// How long callers wait for a reply, in milliseconds: the gateway's `requestTimeout`
+    /// (at most; a larger value lets holds be made for callers that have given up).
+    #[arg(long, env = "BOOKING_REQUEST_TIMEOUT_MS", default_value_t = 3000)]
+    pub request_timeout_ms: u64,
+    /// Every this many seconds one instance resets every seat map (a safety net; 0 = never).
+    #[arg(long, env = "BOOKING_RESYNC_SECS", default_value_t = 300)]
+    pub resync_secs: u64,
+}
+
+impl HoldConfig {
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
+    }
 }
 
 impl Default for HoldConfig {
@@ -115,6 +128,8 @@ impl Default for HoldConfig {
             max_held_seats_per_user: 8,
             purchase_timeout_secs: 120,
             sweep_interval_ms: 500,
+            request_timeout_ms: 3000,
+            resync_secs: 300,
         }
     }
 }

@@ -59,6 +59,19 @@ pub enum BookingError {
 }
 
 impl BookingError {
+    /// A fault of the infrastructure (database, Redis, NATS, payment provider): the operation
+    /// may have been carried out in part, unlike a refusal, which changes nothing.
+    pub fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            BookingError::Db(_)
+                | BookingError::Pool(_)
+                | BookingError::Redis(_)
+                | BookingError::Events(_)
+                | BookingError::Payment(_)
+        )
+    }
+
     pub fn code(&self) -> &'static str {
         use res_protocol::code as sys;
         match self {

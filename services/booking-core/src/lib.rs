@@ -5,7 +5,8 @@
 //! - [`config`]: `BOOKING_*` variables and flags.
 //! - [`auth`]: the connection token of the identity service.
 //! - [`db`], [`seed`]: PostgreSQL pool, embedded migrations, deterministic seed data.
-//! - [`lock`]: per-key locks across instances (Redis lease + local FIFO).
+//! - [`lock`]: per-key locks across instances (Redis lease + local FIFO), with doubt markers.
+//! - [`redis_retry`]: one retry of a Redis command whose connection broke (Redis restarts).
 //! - [`seatmap`]: holds, sales and the live seat map; the ordering argument lives there.
 //! - [`outbox`]: durable domain events (transactional outbox, relay to JetStream).
 //! - [`pricing`]: the fare rule.
@@ -19,6 +20,7 @@ pub mod lock;
 pub mod metrics;
 pub mod outbox;
 pub mod pricing;
+pub mod redis_retry;
 pub mod runtime;
 pub mod seatmap;
 pub mod seed;

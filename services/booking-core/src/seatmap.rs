@@ -31,16 +31,27 @@
 //! events are out. A mark older than a few seconds means an instance died or failed in between:
 //! the sweeper then republishes the whole map and records the counts under the lock. Once a
 //! transition has happened its caller is told so, even if what follows fails (the mark stays).
+//! Convergence after faults (a map that may be wrong is fetched again): a holder that finds the
+//! lock's doubt marker (the previous holder crashed or failed between changing state and
+//! publishing, see [`crate::lock`]) resets the departure's resources before its own transition;
+//! the sweeper resets every seat map when Redis restarted (writes since its last fsync are gone:
+//! the maps must show what survived) and, as a safety net, once every `resync_secs` across all
+//! instances. Services reset all their resources when they start.
+//!
+//! Deadlines: a transition made for a request waits for the lock only until the caller's
+//! deadline, then extends it (pre-response) to cover the transition; a hold that still ends up
+//! made after the caller gave up is released again before the reply.
 
 use crate::config::HoldConfig;
 use crate::error::BookingError;
-use crate::lock::Locks;
+use crate::lock::{Locks, unattended};
 use crate::metrics::BookingMetrics;
 use crate::outbox::Outbox;
+use crate::redis_retry::retry_once;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use redis::aio::ConnectionManager;
-use res_service::{Events, Value};
+use res_service::{Deadline, Events, Value};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -59,6 +70,17 @@ const EXPIRY: &str = "booking:holds:expiry";
 const UNPUBLISHED: &str = "booking:seats:unpublished";
 /// Age after which the sweeper takes a mark as left behind (transitions take milliseconds).
 const UNPUBLISHED_GRACE_MS: i64 = 5_000;
+/// Held by the instance whose sweeper makes this period's safety-net reset.
+const RESYNC: &str = "booking:resync";
+/// Longest wait for a departure's lock (requests wait until their deadline if sooner).
+const LOCK_WAIT: Duration = Duration::from_secs(8);
+/// What a transition may take once it holds the lock; a caller with less than a fifth of it left
+/// is asked to wait this long.
+const TRANSITION_BUDGET: Duration = Duration::from_secs(5);
+/// When the second reset after a Redis restart goes out.
+const SETTLE_RESET: Duration = Duration::from_secs(1);
+/// Pattern of every resource the seat store publishes.
+const SEATS_RESOURCES: &str = "seats.>";
 const PURCHASING: &str = "booking:holds:purchasing";
 
 fn hold_key(id: &str) -> String {
@@ -82,11 +104,13 @@ pub fn availability_rid(dep: i64) -> String {
 }
 
 /// Takes all seats or none, within the owner's cap on held seats across all their holds (every
-/// departure, every tab, every instance: the count lives here, in one atomic script). KEYS: held,
-/// hold, expiry, the owner's holds (hold ID → seat count). ARGV: id, owner, dep, expires, cap,
-/// seats... Returns `{'ok'}`, `{'taken', seats...}` or `{'cap', seats already held}`. Hold hashes
-/// are read by their key (`booking:hold:<id>`) to drop index entries of holds that ended.
+/// departure, every tab, every instance: the count lives here, in one atomic script). Running it
+/// again for the same hold (a retry after a lost reply) finds the hold made and succeeds. KEYS:
+/// held, hold, expiry, the owner's holds (hold ID → seat count). ARGV: id, owner, dep, expires,
+/// cap, seats... Returns `{'ok'}`, `{'taken', seats...}` or `{'cap', seats already held}`. Hold
+/// hashes are read by their key (`booking:hold:<id>`) to drop index entries of holds that ended.
 const HOLD: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'ok'} end
 local held = 0
 for _, id in ipairs(redis.call('HKEYS', KEYS[4])) do
   if redis.call('EXISTS', 'booking:hold:' .. id) == 1 then
@@ -137,21 +161,24 @@ return {'ok', h[3], h[1]}";
 
 /// Marks active, unexpired holds of `owner` on `dep` as being purchased, all or none: they no
 /// longer expire (the purchase sweeper settles them after the purchase deadline). KEYS: expiry,
-/// purchasing. ARGV: owner, dep, now, deadline, ids... Returns `{'ok', seats, expires}` per hold
+/// purchasing. ARGV: owner, dep, now, deadline, attempt (unique per purchase: a retry of the same
+/// attempt after a lost reply succeeds again), ids... Returns `{'ok', seats, expires}` per hold
 /// in `ids` order, or the first refusal.
 const BEGIN: &str = r"
 local out = {'ok'}
-for i = 5, #ARGV do
-  local h = redis.call('HMGET', 'booking:hold:' .. ARGV[i], 'owner', 'dep', 'seats', 'expires', 'state')
+for i = 6, #ARGV do
+  local h = redis.call('HMGET', 'booking:hold:' .. ARGV[i], 'owner', 'dep', 'seats', 'expires', 'state', 'attempt')
   if not h[1] or h[2] ~= ARGV[2] then return {'gone'} end
   if h[1] ~= ARGV[1] then return {'notyours'} end
-  if h[5] ~= 'active' then return {'purchasing'} end
-  if tonumber(h[4]) <= tonumber(ARGV[3]) then return {'expired'} end
+  if not (h[5] == 'purchasing' and h[6] == ARGV[5]) then
+    if h[5] ~= 'active' then return {'purchasing'} end
+    if tonumber(h[4]) <= tonumber(ARGV[3]) then return {'expired'} end
+  end
   table.insert(out, h[3])
   table.insert(out, h[4])
 end
-for i = 5, #ARGV do
-  redis.call('HSET', 'booking:hold:' .. ARGV[i], 'state', 'purchasing')
+for i = 6, #ARGV do
+  redis.call('HSET', 'booking:hold:' .. ARGV[i], 'state', 'purchasing', 'attempt', ARGV[5])
   redis.call('ZREM', KEYS[1], ARGV[i])
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[i])
 end
@@ -337,9 +364,9 @@ impl SeatStore {
         cfg: HoldConfig,
         metrics: BookingMetrics,
     ) -> SeatStore {
-        // The lease outlives any sane critical section; waiting longer than a client's request
-        // timeout would be useless, so give up (booking.busy) well before it.
-        let locks = Locks::new(redis.clone(), Duration::from_secs(10), Duration::from_secs(8));
+        // The lease outlives any sane critical section. Requests wait for it only until their
+        // caller's deadline (booking.busy after).
+        let locks = Locks::new(redis.clone(), Duration::from_secs(10), LOCK_WAIT);
         SeatStore {
             inner: Arc::new(Inner {
                 db,
@@ -381,10 +408,6 @@ impl SeatStore {
         &self.inner.metrics
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.inner.redis.clone()
-    }
-
     /// The departure's layout and schedule (cached: it never changes once seeded).
     pub async fn departure(&self, dep: i64) -> Result<Arc<DepartureInfo>, BookingError> {
         if let Some(d) = self.inner.departures.lock().expect("cache").get(&dep) {
@@ -420,8 +443,10 @@ impl SeatStore {
     /// The current state of every seat.
     pub async fn snapshot(&self, dep: i64) -> Result<SeatMap, BookingError> {
         let info = self.departure(dep).await?;
-        let held: HashMap<String, String> =
-            redis::cmd("HGETALL").arg(held_key(dep)).query_async(&mut self.conn()).await?;
+        let held: HashMap<String, String> = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("HGETALL").arg(held_key(dep)).query_async(&mut c).await
+        })
+        .await?;
         // PostgreSQL last: a purchase completing between the two reads shows as sold.
         let sold: HashSet<String> = self.sold_seats(dep).await?;
         let states = info
@@ -449,38 +474,61 @@ impl SeatStore {
     }
 
     /// Runs `f` under the departure's lock; `f` performs one transition and returns the seats it
-    /// touched, whose new state is then recorded and published before the lock is released. A
+    /// touched, whose new state is then recorded and published before the lock is released. The
+    /// lock is waited for until `deadline`; once held, the deadline is extended to cover the
+    /// transition, or, if that is impossible and it has passed, the transition does not start. A
     /// refusal (`f` fails with a booking error) changed nothing; once `f` succeeded the result is
-    /// `Ok` whatever follows, and a failure to record or publish leaves the departure marked for
-    /// the sweeper.
-    pub async fn transition<T, F, Fut>(&self, dep: i64, f: F) -> Result<T, BookingError>
+    /// `Ok` whatever follows (the caller is told what happened), and a failure to record or
+    /// publish leaves the departure marked for the sweeper and the lock's doubt marker for the
+    /// next holder.
+    pub async fn transition<T, F, Fut>(&self, dep: i64, deadline: &Deadline, f: F) -> Result<T, BookingError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(T, Vec<String>), BookingError>>,
     {
-        let guard = self.inner.locks.acquire(&lock_key(dep)).await?;
-        let _: () = redis::cmd("ZADD").arg(UNPUBLISHED).arg(now_ms()).arg(dep).query_async(&mut self.conn()).await?;
+        let guard = self.inner.locks.acquire(&lock_key(dep), deadline).await?;
+        if deadline.remaining() < TRANSITION_BUDGET / 5 {
+            deadline.extend(TRANSITION_BUDGET).await;
+        }
+        if deadline.passed() {
+            guard.release().await?;
+            return Err(BookingError::Busy);
+        }
+        retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("ZADD").arg(UNPUBLISHED).arg(now_ms()).arg(dep).query_async::<()>(&mut c).await
+        })
+        .await?;
         let (out, touched) = match f().await {
-            Ok(done) => done,
-            Err(e) => {
-                // Infrastructure errors leave it open whether the change happened: keep the mark.
-                if e.code() != res_protocol::code::INTERNAL_ERROR {
-                    self.unmark(dep).await;
-                }
+            Ok(r) => r,
+            // Refused before changing anything: a clean release.
+            Err(e) if !e.is_fault() => {
+                self.unmark(dep).await;
+                guard.release().await?;
                 return Err(e);
             }
+            // The transition may be half done: the mark stays, and the guard's drop leaves the
+            // doubt marker.
+            Err(e) => return Err(e),
         };
-        let published = if touched.is_empty() { Ok(()) } else { self.publish(dep, &touched).await };
+        let mut published = if touched.is_empty() { Ok(()) } else { self.publish(dep, &touched).await };
+        if published.is_ok() && guard.in_doubt() {
+            // After this transition's own events, so the gateways' re-fetch cannot be answered
+            // with a state from before it (and arrive after them).
+            published = self.reset_departure(dep).await;
+        }
         match published {
             Ok(()) => self.unmark(dep).await,
-            Err(e) => tracing::warn!(departure = dep, error = %e, "seat change not published; the sweeper republishes"),
+            Err(e) => {
+                tracing::warn!(departure = dep, error = %e, "seat change not published; the sweeper republishes");
+                drop(guard);
+                return Ok(out);
+            }
         }
         match guard.release().await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(departure = dep, "departure lease expired while held; resetting its resources");
-                let (a, b) = (seat_map_rid(dep), availability_rid(dep));
-                if let Err(e) = self.inner.events.reset(&[a.as_str(), b.as_str()], &[]).await {
+                if let Err(e) = self.reset_departure(dep).await {
                     tracing::warn!(departure = dep, error = %e, "reset failed");
                 }
             }
@@ -490,10 +538,20 @@ impl SeatStore {
     }
 
     async fn unmark(&self, dep: i64) {
-        let r: Result<(), _> = redis::cmd("ZREM").arg(UNPUBLISHED).arg(dep).query_async(&mut self.conn()).await;
+        let r = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("ZREM").arg(UNPUBLISHED).arg(dep).query_async::<()>(&mut c).await
+        })
+        .await;
         if let Err(e) = r {
             tracing::warn!(departure = dep, error = %e, "unmarking a published departure failed");
         }
+    }
+
+    /// Makes the gateways fetch the departure's map and counts again.
+    async fn reset_departure(&self, dep: i64) -> Result<(), BookingError> {
+        let (a, b) = (seat_map_rid(dep), availability_rid(dep));
+        self.inner.events.reset(&[a.as_str(), b.as_str()], &[]).await?;
+        Ok(())
     }
 
     async fn publish(&self, dep: i64, touched: &[String]) -> Result<(), BookingError> {
@@ -525,15 +583,18 @@ impl SeatStore {
     /// instance died or failed between a transition and its events.
     async fn republish_unpublished(&self) -> Result<(), BookingError> {
         let cutoff = now_ms() - UNPUBLISHED_GRACE_MS;
-        let deps: Vec<i64> = redis::cmd("ZRANGEBYSCORE")
-            .arg(UNPUBLISHED)
-            .arg("-inf")
-            .arg(cutoff)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(20)
-            .query_async(&mut self.conn())
-            .await?;
+        let deps: Vec<i64> = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(UNPUBLISHED)
+                .arg("-inf")
+                .arg(cutoff)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(20)
+                .query_async(&mut c)
+                .await
+        })
+        .await?;
         for dep in deps {
             tracing::warn!(departure = dep, "republishing a seat map whose change may not have been published");
             let seats = match self.departure(dep).await {
@@ -552,11 +613,23 @@ impl SeatStore {
     /// Records and publishes the current state of `seats` (idempotent: for recovery after a
     /// crash or failure left it open whether their change was published).
     pub async fn republish(&self, dep: i64, seats: Vec<String>) -> Result<(), BookingError> {
-        self.transition(dep, || async { Ok(((), seats)) }).await
+        self.transition(dep, &unattended(), || async { Ok(((), seats)) }).await
     }
 
-    /// Holds `seats` for `owner`: all or none, within the owner's cap on held seats.
-    pub async fn hold(&self, dep: i64, owner: &str, seats: Vec<String>) -> Result<Hold, BookingError> {
+    /// Holds `seats` for `owner`: all or none, within the owner's cap on held seats. A hold that
+    /// could only be made after `deadline`
+    /// (the caller has stopped waiting for it) is released again: `booking.busy`.
+    ///
+    /// With an idempotency key the hold ID is derived from owner, departure and key, so a retry
+    /// (the reply was lost) finds the hold made the first time instead of making another.
+    pub async fn hold(
+        &self,
+        dep: i64,
+        owner: &str,
+        seats: Vec<String>,
+        key: Option<&str>,
+        deadline: &Deadline,
+    ) -> Result<Hold, BookingError> {
         let info = self.departure(dep).await?;
         let max = self.inner.cfg.max_seats_per_hold;
         if seats.is_empty() {
@@ -575,7 +648,14 @@ impl SeatStore {
         if info.departs_at <= Utc::now() {
             return Err(BookingError::Departed);
         }
-        let hold_id = format!("h{:024x}", rand::random::<u128>() >> 32);
+        let hold_id = match key {
+            Some(k) => {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(format!("{owner}\n{dep}\n{k}"));
+                format!("h{}", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>())
+            }
+            None => format!("h{:024x}", rand::random::<u128>() >> 32),
+        };
         let expires_at = now_ms() + (self.inner.cfg.hold_ttl_secs * 1000) as i64;
         let hold = Hold {
             hold_id: hold_id.clone(),
@@ -586,8 +666,8 @@ impl SeatStore {
             state: "active".into(),
         };
         let cap = self.inner.cfg.max_held_seats_per_user;
-        let out = self
-            .transition(dep, || async {
+        let made = self
+            .transition(dep, deadline, || async {
                 let sold = self.sold_seats(dep).await?;
                 let taken: Vec<String> = seats.iter().filter(|s| sold.contains(*s)).cloned().collect();
                 if !taken.is_empty() {
@@ -599,7 +679,9 @@ impl SeatStore {
                 for s in &seats {
                     inv.arg(s);
                 }
-                let r: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+                let inv = &inv;
+                let r: Vec<String> =
+                    retry_once(&self.inner.redis, |mut c| async move { inv.invoke_async(&mut c).await }).await?;
                 match r.first().map(String::as_str) {
                     Some("ok") => {}
                     Some("cap") => {
@@ -611,8 +693,28 @@ impl SeatStore {
                 self.holds_changed(dep, owner).await;
                 Ok((hold, seats.clone()))
             })
-            .await?;
+            .await;
+        let out = match made {
+            Ok(h) => h,
+            Err(e) if e.is_fault() => {
+                // The hold may exist with nobody told of it (e.g. publishing failed after the
+                // script ran): take it back. Unpublished either way; the lock's doubt marker makes
+                // the next holder reset the map.
+                match self.end(dep, &hold_id, "", "release").await {
+                    // Taken back, or never made.
+                    Ok(_) | Err(BookingError::HoldExpired) => self.user_holds_changed(owner).await,
+                    Err(undo) => tracing::warn!(error = %undo, hold = %hold_id, "undoing a failed hold failed"),
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.inner.metrics.holds_created.inc();
+        if deadline.passed() {
+            tracing::warn!(departure = dep, hold = %out.hold_id, "hold made after its caller gave up; releasing it");
+            self.release(dep, &out.hold_id, None, &unattended()).await?;
+            return Err(BookingError::Busy);
+        }
         Ok(out)
     }
 
@@ -624,21 +726,23 @@ impl SeatStore {
         owner: &str,
         mode: &str,
     ) -> Result<(Vec<String>, String), BookingError> {
-        let r: Vec<String> = self
-            .inner
-            .scripts
-            .end
-            .key(hold_key(hold_id))
-            .key(EXPIRY)
-            .key(PURCHASING)
-            .key(held_key(dep))
-            .arg(hold_id)
-            .arg(owner)
-            .arg(dep)
-            .arg(mode)
-            .arg(now_ms())
-            .invoke_async(&mut self.conn())
-            .await?;
+        let r: Vec<String> = retry_once(&self.inner.redis, |mut c| async move {
+            self.inner
+                .scripts
+                .end
+                .key(hold_key(hold_id))
+                .key(EXPIRY)
+                .key(PURCHASING)
+                .key(held_key(dep))
+                .arg(hold_id)
+                .arg(owner)
+                .arg(dep)
+                .arg(mode)
+                .arg(now_ms())
+                .invoke_async(&mut c)
+                .await
+        })
+        .await?;
         match r.first().map(String::as_str) {
             Some("ok") => {
                 let seats = r.get(1).map(|s| split_seats(s)).unwrap_or_default();
@@ -653,9 +757,15 @@ impl SeatStore {
     }
 
     /// Releases a hold. `owner` `None`: any hold (operators).
-    pub async fn release(&self, dep: i64, hold_id: &str, owner: Option<&str>) -> Result<Vec<String>, BookingError> {
+    pub async fn release(
+        &self,
+        dep: i64,
+        hold_id: &str,
+        owner: Option<&str>,
+        deadline: &Deadline,
+    ) -> Result<Vec<String>, BookingError> {
         let (seats, owner) = self
-            .transition(dep, || async {
+            .transition(dep, deadline, || async {
                 let (seats, owner) = self.end(dep, hold_id, owner.unwrap_or(""), "release").await?;
                 Ok(((seats.clone(), owner), seats))
             })
@@ -669,15 +779,24 @@ impl SeatStore {
     /// caller's, active and unexpired, and stops their expiry until
     /// [`complete_purchase`](Self::complete_purchase) or [`abort_purchase`](Self::abort_purchase);
     /// all or none. Returns the holds.
-    pub async fn begin_purchase(&self, dep: i64, hold_ids: &[String], owner: &str) -> Result<Vec<Hold>, BookingError> {
-        let deadline = now_ms() + (self.inner.cfg.purchase_timeout_secs * 1000) as i64;
-        self.transition(dep, || async {
+    pub async fn begin_purchase(
+        &self,
+        dep: i64,
+        hold_ids: &[String],
+        owner: &str,
+        deadline: &Deadline,
+    ) -> Result<Vec<Hold>, BookingError> {
+        let settle_at = now_ms() + (self.inner.cfg.purchase_timeout_secs * 1000) as i64;
+        let attempt = format!("{:032x}", rand::random::<u128>());
+        self.transition(dep, deadline, || async {
             let mut inv = self.inner.scripts.begin.prepare_invoke();
-            inv.key(EXPIRY).key(PURCHASING).arg(owner).arg(dep).arg(now_ms()).arg(deadline);
+            inv.key(EXPIRY).key(PURCHASING).arg(owner).arg(dep).arg(now_ms()).arg(settle_at).arg(&attempt);
             for id in hold_ids {
                 inv.arg(id);
             }
-            let r: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+            let inv = &inv;
+            let r: Vec<String> =
+                retry_once(&self.inner.redis, |mut c| async move { inv.invoke_async(&mut c).await }).await?;
             match r.first().map(String::as_str) {
                 Some("ok") => {
                     let holds = hold_ids
@@ -705,21 +824,23 @@ impl SeatStore {
 
     /// Puts holds being purchased back to active after a failed payment (they expire as before).
     pub async fn abort_purchase(&self, dep: i64, hold_ids: &[String]) -> Result<(), BookingError> {
-        self.transition(dep, || async {
+        self.transition(dep, &unattended(), || async {
             let mut owners = HashSet::new();
             for id in hold_ids {
-                let _: i64 = self
-                    .inner
-                    .scripts
-                    .abort
-                    .key(hold_key(id))
-                    .key(EXPIRY)
-                    .key(PURCHASING)
-                    .arg(id)
-                    .invoke_async(&mut self.conn())
-                    .await?;
-                let owner: Option<String> =
-                    redis::cmd("HGET").arg(hold_key(id)).arg("owner").query_async(&mut self.conn()).await?;
+                let owner: Option<String> = retry_once(&self.inner.redis, |mut c| async move {
+                    let _: i64 = self
+                        .inner
+                        .scripts
+                        .abort
+                        .key(hold_key(id))
+                        .key(EXPIRY)
+                        .key(PURCHASING)
+                        .arg(id)
+                        .invoke_async(&mut c)
+                        .await?;
+                    redis::cmd("HGET").arg(hold_key(id)).arg("owner").query_async(&mut c).await
+                })
+                .await?;
                 owners.extend(owner);
             }
             for owner in owners {
@@ -730,23 +851,23 @@ impl SeatStore {
         .await
     }
 
-    /// Ends purchased holds once their tickets are committed: their seats now show as sold.
-    pub async fn complete_purchase(&self, dep: i64, hold_ids: &[String]) -> Result<(), BookingError> {
+    /// Ends purchased holds once their tickets (`seats`) are committed: the seats now show as
+    /// sold. They are published even if a hold is gone already (settled by a sweeper, or lost
+    /// with a Redis crash): the map must show the sale either way.
+    pub async fn complete_purchase(&self, dep: i64, hold_ids: &[String], seats: &[String]) -> Result<(), BookingError> {
         let owners = self
-            .transition(dep, || async {
-                let (mut seats, mut owners) = (Vec::new(), HashSet::new());
+            .transition(dep, &unattended(), || async {
+                let mut owners = HashSet::new();
                 for id in hold_ids {
                     match self.end(dep, id, "", "complete").await {
-                        Ok((s, owner)) => {
-                            seats.extend(s);
+                        Ok((_, owner)) => {
                             owners.insert(owner);
                         }
-                        // Already settled (e.g. by a sweeper after a crash): nothing to publish.
                         Err(BookingError::HoldExpired) => {}
                         Err(e) => return Err(e),
                     }
                 }
-                Ok((owners, seats))
+                Ok((owners, seats.to_vec()))
             })
             .await?;
         for owner in owners {
@@ -757,13 +878,21 @@ impl SeatStore {
 
     /// The holds of a user, soonest expiry first (`seats.user.<sub>.holds`).
     pub async fn user_holds(&self, owner: &str) -> Result<Vec<Hold>, BookingError> {
-        let ids: Vec<String> = redis::cmd("HKEYS").arg(user_holds_key(owner)).query_async(&mut self.conn()).await?;
+        let key = user_holds_key(owner);
+        let ids: Vec<String> = retry_once(&self.inner.redis, |mut c| {
+            let key = key.clone();
+            async move { redis::cmd("HKEYS").arg(key).query_async(&mut c).await }
+        })
+        .await?;
         self.load_holds(ids).await
     }
 
     /// The holds on a departure, soonest expiry first (`seats.departure.<id>.holds`, operators).
     pub async fn departure_holds(&self, dep: i64) -> Result<Vec<Hold>, BookingError> {
-        let ids: Vec<String> = redis::cmd("HVALS").arg(held_key(dep)).query_async(&mut self.conn()).await?;
+        let ids: Vec<String> = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("HVALS").arg(held_key(dep)).query_async(&mut c).await
+        })
+        .await?;
         let unique: std::collections::BTreeSet<String> = ids.into_iter().collect();
         self.load_holds(unique.into_iter().collect()).await
     }
@@ -776,7 +905,9 @@ impl SeatStore {
         for id in &ids {
             pipe.cmd("HMGET").arg(hold_key(id)).arg("owner").arg("dep").arg("seats").arg("expires").arg("state");
         }
-        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
+        let pipe = &pipe;
+        let rows: Vec<Vec<Option<String>>> =
+            retry_once(&self.inner.redis, |mut c| async move { pipe.query_async(&mut c).await }).await?;
         let mut holds: Vec<Hold> = ids
             .into_iter()
             .zip(rows)
@@ -812,7 +943,7 @@ impl SeatStore {
     /// NATS outage.
     async fn user_holds_changed(&self, owner: &str) {
         let done = async {
-            let guard = self.inner.locks.acquire(&format!("booking:lock:user:{owner}")).await?;
+            let guard = self.inner.locks.acquire(&format!("booking:lock:user:{owner}"), &unattended()).await?;
             let mine = self.user_holds(owner).await?;
             let ev = &self.inner.events;
             let rid = user_holds_rid(owner);
@@ -846,25 +977,17 @@ impl SeatStore {
     pub async fn sweep(&self) -> Result<usize, BookingError> {
         self.republish_unpublished().await?;
         let now = now_ms();
-        let mut conn = self.conn();
-        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(EXPIRY)
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(200)
-            .query_async(&mut conn)
-            .await?;
+        let due = self.due(EXPIRY, now, 200).await?;
         let mut expired = 0;
         for id in due {
             let Some(dep) = self.hold_departure(&id).await? else { continue };
             let freed = self
-                .transition(dep, || async {
+                .transition(dep, &unattended(), || async {
                     match self.end(dep, &id, "", "expire").await {
                         Ok((seats, owner)) => Ok((Some(owner), seats)),
                         // Another instance expired it first, or it was released or bought.
-                        Err(_) => Ok((None, Vec::new())),
+                        Err(BookingError::HoldExpired | BookingError::PurchaseInProgress) => Ok((None, Vec::new())),
+                        Err(e) => Err(e),
                     }
                 })
                 .await?;
@@ -874,62 +997,128 @@ impl SeatStore {
                 self.inner.metrics.holds_expired.inc();
             }
         }
-        let stale: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(PURCHASING)
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(50)
-            .query_async(&mut conn)
-            .await?;
-        for id in stale {
+        for id in self.due(PURCHASING, now, 50).await? {
             let Some(dep) = self.hold_departure(&id).await? else { continue };
-            let sold = self
+            let sold: Vec<String> = self
                 .inner
                 .db
                 .get()
                 .await?
-                .query_opt("SELECT 1 FROM order_holds WHERE hold_id = $1", &[&id])
+                .query(
+                    "SELECT t.seat_id FROM order_holds h JOIN tickets t ON t.order_id = h.order_id WHERE h.hold_id = $1",
+                    &[&id],
+                )
                 .await?
-                .is_some();
-            tracing::warn!(hold = %id, departure = dep, sold, "settling a purchase past its deadline");
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            tracing::warn!(hold = %id, departure = dep, sold = !sold.is_empty(), "settling a purchase past its deadline");
             let ids = [id];
-            if sold {
-                self.complete_purchase(dep, &ids).await?;
-            } else {
+            if sold.is_empty() {
                 self.abort_purchase(dep, &ids).await?;
+            } else {
+                self.complete_purchase(dep, &ids, &sold).await?;
             }
         }
-        let active: i64 = redis::pipe()
-            .zcard(EXPIRY)
-            .zcard(PURCHASING)
-            .query_async::<(i64, i64)>(&mut conn)
-            .await
-            .map(|(a, b)| a + b)?;
+        let active: i64 = retry_once(&self.inner.redis, |mut c| async move {
+            redis::pipe().zcard(EXPIRY).zcard(PURCHASING).query_async::<(i64, i64)>(&mut c).await
+        })
+        .await
+        .map(|(a, b)| a + b)?;
         self.inner.metrics.active_holds.set(active);
         Ok(expired)
     }
 
+    /// Holds of the sorted set `set` due at `now`, at most `limit`.
+    async fn due(&self, set: &str, now: i64, limit: usize) -> Result<Vec<String>, BookingError> {
+        Ok(retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(set)
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut c)
+                .await
+        })
+        .await?)
+    }
+
     /// The departure of a hold; drops index entries of holds that no longer exist.
     async fn hold_departure(&self, id: &str) -> Result<Option<i64>, BookingError> {
-        let mut conn = self.conn();
-        let dep: Option<i64> = redis::cmd("HGET").arg(hold_key(id)).arg("dep").query_async(&mut conn).await?;
+        let dep: Option<i64> = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("HGET").arg(hold_key(id)).arg("dep").query_async(&mut c).await
+        })
+        .await?;
         if dep.is_none() {
-            let _: () =
-                redis::pipe().zrem(EXPIRY, id).ignore().zrem(PURCHASING, id).ignore().query_async(&mut conn).await?;
+            let () = retry_once(&self.inner.redis, |mut c| async move {
+                redis::pipe().zrem(EXPIRY, id).ignore().zrem(PURCHASING, id).ignore().query_async(&mut c).await
+            })
+            .await?;
         }
         Ok(dep)
+    }
+
+    /// Resets every seat map when Redis is not the server it was (`run_id` changed: it restarted
+    /// and lost what it had not yet written to disk), and once per `resync_secs` across all
+    /// instances (the first sweeper to take that period's key). Returns the current `run_id`.
+    async fn reconcile(&self, known_run_id: Option<&str>) -> Result<String, BookingError> {
+        let info: String =
+            retry_once(
+                &self.inner.redis,
+                |mut c| async move { redis::cmd("INFO").arg("server").query_async(&mut c).await },
+            )
+            .await?;
+        let run_id =
+            info.lines().find_map(|l| l.strip_prefix("run_id:")).map(|v| v.trim().to_owned()).unwrap_or_default();
+        let restarted = known_run_id.is_some_and(|known| known != run_id);
+        let period = self.inner.cfg.resync_secs;
+        let periodic = period > 0 && {
+            let token = format!("{:016x}", rand::random::<u64>());
+            let taken: Option<String> = retry_once(&self.inner.redis, |mut c| {
+                let token = token.clone();
+                async move {
+                    redis::cmd("SET").arg(RESYNC).arg(token).arg("NX").arg("EX").arg(period).query_async(&mut c).await
+                }
+            })
+            .await?;
+            taken.is_some()
+        };
+        if restarted || periodic {
+            if restarted {
+                tracing::warn!("Redis restarted (new run_id); resetting every seat map");
+            }
+            self.inner.events.reset(&[SEATS_RESOURCES], &[]).await?;
+        }
+        if restarted {
+            // A re-fetch answered while a transition of the same map was under way can arrive
+            // after that transition's events and undo them in the gateway; once the transitions
+            // in flight across the restart are done, a second reset settles it.
+            let events = self.inner.events.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SETTLE_RESET).await;
+                if let Err(e) = events.reset(&[SEATS_RESOURCES], &[]).await {
+                    tracing::warn!(error = %e, "second reset after the Redis restart failed");
+                }
+            });
+        }
+        Ok(run_id)
     }
 
     /// Runs the sweeper until `cancel` fires.
     pub async fn run_sweeper(self, cancel: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.inner.cfg.sweep_interval_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut run_id = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            match self.reconcile(run_id.as_deref()).await {
+                Ok(id) => run_id = Some(id),
+                Err(e) => tracing::warn!(error = %e, "seat map reconciliation failed"),
             }
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = %e, "hold sweep failed");

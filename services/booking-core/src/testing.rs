@@ -115,14 +115,40 @@ pub async fn call(
     params: serde_json::Value,
 ) -> Result<serde_json::Value, res_protocol::ResError> {
     let body = serde_json::json!({ "cid": "test-cid", "token": token, "params": params });
-    let msg = tokio::time::timeout(
-        Duration::from_secs(30),
-        client.request(format!("call.{rid}.{method}"), body.to_string().into()),
-    )
+    let payload = final_reply(client, &format!("call.{rid}.{method}"), body, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("call.{rid}.{method}: {e}"));
+    decode_call_result(&payload)
+}
+
+/// Sends a request and waits for its final reply, skipping pre-responses (`timeout:"<ms>"`) as
+/// the gateway does.
+async fn final_reply(
+    client: &async_nats::Client,
+    subject: &str,
+    body: serde_json::Value,
+    wait: Duration,
+) -> Result<Vec<u8>, String> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
+    client.publish_with_reply(subject.to_owned(), inbox, body.to_string().into()).await.map_err(|e| e.to_string())?;
+    tokio::time::timeout(wait, async {
+        loop {
+            let msg = replies.next().await.ok_or("reply inbox closed")?;
+            if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                return Err("no responders".to_owned());
+            }
+            if res_protocol::service::parse_pre_response(&msg.payload).is_none() {
+                return Ok(msg.payload.to_vec());
+            }
+        }
+    })
     .await
-    .expect("reply within 30 s")
-    .expect("request");
-    match res_protocol::service::decode_call(&msg.payload).0? {
+    .map_err(|_| "timeout".to_owned())?
+}
+
+fn decode_call_result(payload: &[u8]) -> Result<serde_json::Value, res_protocol::ResError> {
+    match res_protocol::service::decode_call(payload).0? {
         res_protocol::service::CallResult::Payload(p) => Ok(serde_json::from_str(p.get()).expect("json")),
         res_protocol::service::CallResult::Resource(rid) => Ok(serde_json::json!({ "rid": rid })),
     }
@@ -277,18 +303,8 @@ pub async fn try_call(
     params: serde_json::Value,
 ) -> Result<Result<serde_json::Value, res_protocol::ResError>, String> {
     let body = serde_json::json!({ "cid": "test-cid", "token": token, "params": params });
-    let msg = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(format!("call.{rid}.{method}"), body.to_string().into()),
-    )
-    .await
-    .map_err(|_| "timeout".to_owned())?
-    .map_err(|e| e.to_string())?;
-    Ok(match res_protocol::service::decode_call(&msg.payload).0 {
-        Ok(res_protocol::service::CallResult::Payload(p)) => Ok(serde_json::from_str(p.get()).expect("json")),
-        Ok(res_protocol::service::CallResult::Resource(rid)) => Ok(serde_json::json!({ "rid": rid })),
-        Err(e) => Err(e),
-    })
+    let payload = final_reply(client, &format!("call.{rid}.{method}"), body, Duration::from_secs(10)).await?;
+    Ok(decode_call_result(&payload))
 }
 
 /// What a [`shop`] workload did, as its client saw it.
@@ -364,7 +380,8 @@ pub async fn shop(
             let params = serde_json::json!({ "departureId": dep, "holdId": hold["holdId"],
                 "cardNumber": "4000000000000002", "idempotencyKey": format!("{key}-declined") });
             let r = retried(|| try_call(client, "tickets.orders", "purchase", &tok, params.clone())).await;
-            assert_eq!(r.expect("reply").expect_err("declined").code, "booking.paymentDeclined");
+            let e = r.expect("reply").expect_err("declined");
+            assert_eq!(e.code, "booking.paymentDeclined", "{e:?}");
             log.declined += 1;
         }
         let params = serde_json::json!({ "departureId": dep, "holdId": hold["holdId"],
@@ -407,6 +424,27 @@ pub fn deal_seats(deps: &[i64], rows: i32, buyers: usize) -> Vec<Vec<(i64, Strin
                 i += 1;
             }
         }
+    }
+    out
+}
+
+/// Every message of the `BOOKING_EVENTS` stream, in stream order: (subject, payload).
+pub async fn stream_events(c: &async_nats::Client) -> Vec<(String, serde_json::Value)> {
+    use async_nats::jetstream;
+    let js = jetstream::new(c.clone());
+    let mut stream = js.get_stream(crate::outbox::STREAM).await.expect("stream");
+    let total = stream.info().await.expect("stream info").state.messages as usize;
+    let consumer =
+        stream.create_consumer(jetstream::consumer::pull::OrderedConfig::default()).await.expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("stream delivers within 10 s")
+            .expect("message")
+            .expect("message");
+        out.push((m.subject.to_string(), serde_json::from_slice(&m.payload).expect("json payload")));
     }
     out
 }

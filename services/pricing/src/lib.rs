@@ -96,7 +96,7 @@ impl Pricer {
         if let Some(m) = self.stored(dep).await? {
             return Ok(m);
         }
-        let guard = self.locks.acquire(&format!("booking:lock:price:{dep}")).await?;
+        let guard = self.locks.acquire(&format!("booking:lock:price:{dep}"), &booking_core::lock::unattended()).await?;
         let m = match self.stored(dep).await? {
             Some(m) => m,
             None => {
@@ -111,7 +111,11 @@ impl Pricer {
 
     /// Recomputes; publishes and stores what changed. Returns whether anything did.
     pub async fn refresh(&self, dep: i64) -> Result<bool, BookingError> {
-        let guard = self.locks.acquire(&format!("booking:lock:price:{dep}")).await?;
+        let guard = self.locks.acquire(&format!("booking:lock:price:{dep}"), &booking_core::lock::unattended()).await?;
+        if guard.in_doubt() {
+            // The previous holder may have stored a price it never published.
+            self.store.events().reset(&[price_rid(dep).as_str()], &[]).await?;
+        }
         // Nobody has read this price yet: nothing to keep current.
         let Some(old) = self.stored(dep).await? else {
             guard.release().await?;

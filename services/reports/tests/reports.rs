@@ -14,9 +14,10 @@ fn holds() -> HoldConfig {
     HoldConfig {
         hold_ttl_secs: 60,
         max_seats_per_hold: 4,
-        max_held_seats_per_user: 100,
         purchase_timeout_secs: 30,
         sweep_interval_ms: 200,
+        max_held_seats_per_user: 100,
+        ..HoldConfig::default()
     }
 }
 

@@ -11,6 +11,10 @@
 //! - [`Events`] publishes change/add/remove/custom events, `system.reset`, connection tokens and
 //!   query events. Publish the events a call causes before returning from its handler: the reply
 //!   goes out after them on the same connection.
+//! - Each [`Request`] has a [`Deadline`]: when its caller (the gateway, `requestTimeout`) stops
+//!   waiting. Work that may outlast it is extended with a pre-response first or not started.
+//! - On start and after every NATS reconnect the service publishes `system.reset` for
+//!   `<name>.>` (as go-res does), so gateways never keep what a crashed instance left unsaid.
 //! - Trace context from NATS headers becomes the parent of each handler's span; metrics go to a
 //!   prometheus-client registry ([`Service::with_metrics`]).
 //!
@@ -28,19 +32,21 @@
 //! # Ok(()) }
 //! ```
 
+mod deadline;
 mod events;
 mod request;
 mod resource;
 mod router;
 mod service;
 
+pub use deadline::Deadline;
 pub use events::{EventError, Events, QueryEventItem, QueryReply};
 pub use request::{Kind, Request};
 pub use res_protocol::service::Access;
 pub use res_protocol::{ResError, Value, code};
 pub use resource::{CallResponse, Resource, collection, data, model, reference, to_value};
 pub use router::{PathParams, Pattern, PatternError};
-pub use service::{Handler, Running, Service, StartError};
+pub use service::{DEFAULT_REQUEST_TIMEOUT, Handler, Running, Service, StartError};
 
 /// Access granting get and the listed methods (`"*"` for all).
 pub fn access(get: bool, call: &str) -> Access {

@@ -1,5 +1,6 @@
 //! What a handler gets: the resource, its path parameters, the caller and the parameters.
 
+use crate::deadline::Deadline;
 use crate::events::Events;
 use crate::router::PathParams;
 use res_protocol::ResError;
@@ -36,6 +37,7 @@ pub struct Request {
     pub(crate) path: PathParams,
     pub(crate) inner: IncomingRequest,
     pub(crate) events: Events,
+    pub(crate) deadline: Deadline,
 }
 
 impl Request {
@@ -108,6 +110,11 @@ impl Request {
         let raw = self.inner.params.as_deref().map_or("null", |p| p.get());
         serde_json::from_str(raw)
             .map_err(|e| ResError::new(res_protocol::code::INVALID_PARAMS, format!("invalid parameters: {e}")))
+    }
+
+    /// When the caller stops waiting for the reply; see [`Deadline`].
+    pub fn deadline(&self) -> &Deadline {
+        &self.deadline
     }
 
     /// The publisher, to send events caused by this request (before replying).

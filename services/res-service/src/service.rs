@@ -1,5 +1,6 @@
 //! The service: routes, the NATS subscription loops, request dispatch, replies and metrics.
 
+use crate::deadline::Deadline;
 use crate::events::Events;
 use crate::request::{Kind, Request};
 use crate::resource::{CallResponse, Resource};
@@ -166,6 +167,9 @@ impl Metrics {
     }
 }
 
+/// Resgate's default `requestTimeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
 fn duration_histogram() -> Histogram {
     // 0.5 ms .. 16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -177,8 +181,14 @@ pub struct Service {
     routes: Vec<(Pattern, Handler)>,
     max_concurrency: usize,
     shutdown_timeout: Duration,
+    request_timeout: Duration,
     metrics: Option<Metrics>,
 }
+
+/// How long the final flush of a shutdown may take: NATS may be gone.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// How often a running service looks at its NATS connection to notice a reconnect.
+const RECONNECT_POLL: Duration = Duration::from_millis(250);
 
 /// Why a service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +209,7 @@ impl Service {
             routes: Vec::new(),
             max_concurrency: 256,
             shutdown_timeout: Duration::from_secs(10),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             metrics: None,
         }
     }
@@ -225,6 +236,14 @@ impl Service {
     /// At most `n` requests are handled at once; further ones wait in NATS' buffers.
     pub fn max_concurrency(mut self, n: usize) -> Service {
         self.max_concurrency = n.max(1);
+        self
+    }
+
+    /// How long callers wait for a reply (the gateway's request timeout; Resgate's default is
+    /// 3 s): each request's [`Deadline`] is counted from when it reached this service. A request
+    /// still waiting for a free handler at its deadline is answered `system.timeout` unhandled.
+    pub fn request_timeout(mut self, d: Duration) -> Service {
+        self.request_timeout = d.max(Duration::from_millis(100));
         self
     }
 
@@ -256,12 +275,18 @@ impl Service {
         // registered on the server, not just written to the socket.
         crate::events::server_barrier(&client).await?;
         let events = Events::new(client.clone());
+        let owned = format!("{}.>", self.name);
+        let reset = OwnedResources {
+            resources: self.routes.iter().any(|(_, h)| h.get.is_some()).then(|| owned.clone()),
+            access: self.routes.iter().any(|(_, h)| h.access.is_some()).then_some(owned),
+        };
         let shared = Arc::new(Shared {
             name: self.name,
             routes: self.routes,
             metrics: self.metrics,
             client: client.clone(),
             events: events.clone(),
+            request_timeout: self.request_timeout,
         });
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -281,16 +306,60 @@ impl Service {
                             continue;
                         }
                     };
-                    let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                    let shared = shared.clone();
+                    // Taken off the subscription at once (waiting for a handler happens in the
+                    // task), so the deadline counts from when the request arrived, not from when
+                    // a busy service got round to it.
+                    let deadline = shared.deadline(&msg);
+                    let (shared, limit) = (shared.clone(), limit.clone());
                     tracker.spawn(async move {
-                        shared.dispatch(msg).await;
-                        drop(permit);
+                        match tokio::time::timeout_at(deadline.at(), limit.acquire_owned()).await {
+                            Ok(Ok(permit)) => {
+                                shared.dispatch(msg, deadline).await;
+                                drop(permit);
+                            }
+                            Ok(Err(_)) => {}
+                            Err(_) => shared.expired(msg).await,
+                        }
                     });
                 }
             }));
         }
-        Ok(Running { cancel, tracker, loops, events, client, shutdown_timeout: self.shutdown_timeout })
+        let running = Running {
+            cancel,
+            tracker,
+            loops,
+            events,
+            client,
+            shutdown_timeout: self.shutdown_timeout,
+            owned: Arc::new(reset),
+        };
+        // As go-res: whatever a previous instance left in the gateways' caches (it may have died
+        // between changing state and publishing the change) is fetched again.
+        running.reset_all().await?;
+        running.watch_reconnects();
+        Ok(running)
+    }
+}
+
+/// The patterns of a service's `system.reset`: its resources if it serves get requests, their
+/// access if it answers access requests.
+#[derive(Debug)]
+struct OwnedResources {
+    resources: Option<String>,
+    access: Option<String>,
+}
+
+impl OwnedResources {
+    async fn reset(&self, events: &Events) -> Result<(), crate::events::EventError> {
+        if self.resources.is_none() && self.access.is_none() {
+            return Ok(());
+        }
+        events
+            .reset(
+                &self.resources.as_deref().into_iter().collect::<Vec<_>>(),
+                &self.access.as_deref().into_iter().collect::<Vec<_>>(),
+            )
+            .await
     }
 }
 
@@ -302,11 +371,41 @@ pub struct Running {
     events: Events,
     client: async_nats::Client,
     shutdown_timeout: Duration,
+    owned: Arc<OwnedResources>,
 }
 
 impl Running {
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// Publishes `system.reset` for everything the service owns (`<name>.>`): gateways fetch
+    /// their cached copies again and re-check access. Done at start and after every NATS
+    /// reconnect (events published while disconnected may have reached no gateway).
+    pub async fn reset_all(&self) -> Result<(), crate::events::EventError> {
+        self.owned.reset(&self.events).await
+    }
+
+    fn watch_reconnects(&self) {
+        let (client, events, owned, cancel) =
+            (self.client.clone(), self.events.clone(), self.owned.clone(), self.cancel.clone());
+        self.tracker.spawn(async move {
+            let mut was_connected = true;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(RECONNECT_POLL) => {}
+                }
+                let connected = client.connection_state() == async_nats::connection::State::Connected;
+                if connected && !was_connected {
+                    tracing::info!("reconnected to NATS; resetting the service's resources");
+                    if let Err(e) = owned.reset(&events).await {
+                        tracing::warn!(error = %e, "reset after reconnect failed");
+                    }
+                }
+                was_connected = connected;
+            }
+        });
     }
 
     /// Drains the subscriptions, waits (bounded) for handlers in flight and flushes their replies.
@@ -323,7 +422,9 @@ impl Running {
         if tokio::time::timeout(timeout, wait).await.is_err() {
             tracing::warn!("shutdown timed out with requests in flight");
         }
-        let _ = self.client.flush().await;
+        if tokio::time::timeout(FINAL_FLUSH, self.client.flush()).await.is_err() {
+            tracing::warn!("final NATS flush timed out (NATS unreachable?); replies may be lost");
+        }
     }
 }
 
@@ -333,17 +434,40 @@ struct Shared {
     metrics: Option<Metrics>,
     client: async_nats::Client,
     events: Events,
+    request_timeout: Duration,
 }
 
 impl Shared {
-    async fn dispatch(&self, msg: async_nats::Message) {
+    fn deadline(&self, msg: &async_nats::Message) -> Deadline {
+        let reply = msg.reply.clone().map(|r| (self.client.clone(), r));
+        Deadline::new(tokio::time::Instant::now(), self.request_timeout, reply)
+    }
+
+    /// A request whose caller gave up before a handler was free: answered, never handled.
+    async fn expired(&self, msg: async_nats::Message) {
+        let Some((kind, _)) = split_kind(msg.subject.as_str()) else { return };
+        tracing::debug!(subject = %msg.subject, "request expired before a handler was free");
+        if let Some(reply_to) = msg.reply {
+            let body = reply::error(&ResError::new(res_protocol::code::TIMEOUT, "Request timeout"));
+            let _ = self.client.publish(reply_to, body.into()).await;
+        }
+        if let Some(m) = &self.metrics {
+            m.requests
+                .get_or_create(&RequestLabels { service: self.name.clone(), kind: kind.as_str(), result: "expired" })
+                .inc();
+        }
+    }
+
+    async fn dispatch(&self, msg: async_nats::Message, deadline: Deadline) {
         let started = Instant::now();
         let subject = msg.subject.as_str();
         let Some((kind, rest)) = split_kind(subject) else { return };
         let span = tracing::info_span!("res.request", service = %self.name, kind = kind.as_str(), subject = %subject);
         res_telemetry::trace_context::set_parent_from(&span, msg.headers.as_ref());
-        let result =
-            AssertUnwindSafe(self.handle(kind, rest, &msg.payload)).catch_unwind().instrument(span.clone()).await;
+        let result = AssertUnwindSafe(self.handle(kind, rest, &msg.payload, deadline))
+            .catch_unwind()
+            .instrument(span.clone())
+            .await;
         let result = match result {
             Ok(r) => r,
             Err(panic) => {
@@ -386,7 +510,7 @@ impl Shared {
         self.routes.iter().find_map(|(p, h)| p.matches(name).map(|params| (h, params)))
     }
 
-    async fn handle(&self, kind: Kind, rest: &str, payload: &[u8]) -> Result<Vec<u8>, ResError> {
+    async fn handle(&self, kind: Kind, rest: &str, payload: &[u8], deadline: Deadline) -> Result<Vec<u8>, ResError> {
         let (rid, method) = match kind {
             Kind::Get | Kind::Access => (rest, None),
             Kind::Call | Kind::Auth => match rest.rsplit_once('.') {
@@ -402,8 +526,15 @@ impl Shared {
         let Some((handler, path)) = self.route(rid) else {
             return Err(ResError::not_found());
         };
-        let req =
-            Request { kind, rid: rid.to_owned(), method: method.clone(), path, inner, events: self.events.clone() };
+        let req = Request {
+            kind,
+            rid: rid.to_owned(),
+            method: method.clone(),
+            path,
+            inner,
+            events: self.events.clone(),
+            deadline,
+        };
         match kind {
             Kind::Get => {
                 let f = handler.get.as_ref().ok_or_else(ResError::not_found)?;

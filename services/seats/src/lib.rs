@@ -25,9 +25,12 @@ pub struct Config {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HoldParams {
     seats: Vec<String>,
+    /// Makes a retry return the hold made the first time (1 to 128 characters).
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -77,7 +80,14 @@ pub fn service(store: SeatStore) -> Service {
                         let who = require_caller(&req)?;
                         let dep: i64 = req.path_as("id")?;
                         let p: HoldParams = req.params()?;
-                        let hold = store.hold(dep, &who.sub, p.seats).await?;
+                        if p.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 128) {
+                            return Err(ResError::new(
+                                res_service::code::INVALID_PARAMS,
+                                "idempotencyKey must have 1 to 128 characters",
+                            ));
+                        }
+                        let key = p.idempotency_key.as_deref();
+                        let hold = store.hold(dep, &who.sub, p.seats, key, req.deadline()).await?;
                         CallResponse::result(hold)
                     }
                 })
@@ -88,7 +98,7 @@ pub fn service(store: SeatStore) -> Service {
                         let dep: i64 = req.path_as("id")?;
                         let p: ReleaseParams = req.params()?;
                         let owner = if who.is_operator() { None } else { Some(who.sub.as_str()) };
-                        let seats = store.release(dep, &p.hold_id, owner).await?;
+                        let seats = store.release(dep, &p.hold_id, owner, req.deadline()).await?;
                         CallResponse::result(serde_json::json!({ "holdId": p.hold_id, "seats": seats }))
                     }
                 }),
@@ -165,6 +175,7 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let metrics = BookingMetrics::default();
     metrics.register_holds(registry);
+    let timeout = holds.request_timeout();
     let store = SeatStore::new(
         deps.db.clone(),
         deps.redis.clone(),
@@ -175,11 +186,27 @@ pub async fn start(
     let cancel = CancellationToken::new();
     let relay = booking_core::outbox::start_relay(&deps, store.outbox(), registry, cancel.clone()).await?;
     let sweeper = tokio::spawn(store.clone().run_sweeper(cancel.clone()));
-    match service(store).max_concurrency(max_concurrency).with_metrics(registry).start(deps.nats).await {
+    let started = service(store)
+        .max_concurrency(max_concurrency)
+        .request_timeout(timeout)
+        .with_metrics(registry)
+        .start(deps.nats)
+        .await;
+    match started {
         Ok(service) => Ok(Running { service, cancel, sweeper, relay }),
         Err(e) => {
             cancel.cancel();
             Err(e.into())
         }
     }
+}
+
+/// The binary's life: telemetry, connections, serve until SIGTERM or Ctrl-C.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let _telemetry = res_telemetry::init("seats", "info")?;
+    let deps = Deps::connect(&cfg.common).await?;
+    let mut registry = Registry::default();
+    let running = start(deps, cfg.holds.clone(), cfg.common.max_concurrency, &mut registry).await?;
+    tracing::info!("seats service running");
+    booking_core::runtime::serve_until_signal(cfg.common.admin_addr, registry, || running.shutdown()).await
 }

@@ -10,9 +10,10 @@ fn holds(ttl_secs: u64) -> HoldConfig {
     HoldConfig {
         hold_ttl_secs: ttl_secs,
         max_seats_per_hold: 4,
-        max_held_seats_per_user: 100,
         purchase_timeout_secs: 30,
         sweep_interval_ms: 100,
+        max_held_seats_per_user: 100,
+        ..HoldConfig::default()
     }
 }
 
@@ -149,6 +150,7 @@ async fn a_restart_loses_no_hold() {
 
 #[tokio::test]
 async fn purchases_interrupted_by_a_crash_are_settled_by_the_sweeper() {
+    use booking_core::lock::unattended;
     use booking_core::metrics::BookingMetrics;
     use booking_core::seatmap::SeatStore;
     let env = Env::start().await;
@@ -156,9 +158,10 @@ async fn purchases_interrupted_by_a_crash_are_settled_by_the_sweeper() {
     let cfg = HoldConfig {
         hold_ttl_secs: 1,
         max_seats_per_hold: 4,
-        max_held_seats_per_user: 100,
         purchase_timeout_secs: 3,
         sweep_interval_ms: 100,
+        max_held_seats_per_user: 100,
+        ..HoldConfig::default()
     };
     // The seats service runs throughout: its sweeper settles what the crashed instance left.
     let (svc, _reg) = start(&env, cfg.clone()).await;
@@ -176,10 +179,10 @@ async fn purchases_interrupted_by_a_crash_are_settled_by_the_sweeper() {
         cfg.clone(),
         BookingMetrics::default(),
     );
-    let unpaid = crashed.hold(dep, "ann", vec!["1-01A".into()]).await.unwrap();
-    let paid = crashed.hold(dep, "ann", vec!["1-01B".into()]).await.unwrap();
-    crashed.begin_purchase(dep, std::slice::from_ref(&unpaid.hold_id), "ann").await.unwrap();
-    crashed.begin_purchase(dep, std::slice::from_ref(&paid.hold_id), "ann").await.unwrap();
+    let unpaid = crashed.hold(dep, "ann", vec!["1-01A".into()], None, &unattended()).await.unwrap();
+    let paid = crashed.hold(dep, "ann", vec!["1-01B".into()], None, &unattended()).await.unwrap();
+    crashed.begin_purchase(dep, std::slice::from_ref(&unpaid.hold_id), "ann", &unattended()).await.unwrap();
+    crashed.begin_purchase(dep, std::slice::from_ref(&paid.hold_id), "ann", &unattended()).await.unwrap();
     let db = env.pool().get().await.unwrap();
     db.batch_execute(&format!(
         "INSERT INTO orders (id, user_id, departure_id, hold_id, status, total_cents, currency, payment_ref, idempotency_key)

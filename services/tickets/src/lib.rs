@@ -72,7 +72,7 @@ pub fn service(orders: Orders) -> Service {
                     async move {
                         let who = require_caller(&req)?;
                         let p: PurchaseParams = req.params()?;
-                        let order = orders.purchase(&who, p).await?;
+                        let order = orders.purchase(&who, p, req.deadline()).await?;
                         CallResponse::result(order.summary())
                     }
                 }),
@@ -105,7 +105,7 @@ pub fn service(orders: Orders) -> Service {
                     let orders = o5.clone();
                     async move {
                         let who = require_caller(&req)?;
-                        let order = orders.cancel(&who, req.path("id")).await?;
+                        let order = orders.cancel(&who, req.path("id"), req.deadline()).await?;
                         CallResponse::result(order.summary())
                     }
                 }),
@@ -157,6 +157,7 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let metrics = BookingMetrics::default();
     metrics.register_sales(registry);
+    let timeout = holds.request_timeout();
     let events = res_service::Events::new(deps.nats.clone());
     let store = SeatStore::new(deps.db.clone(), deps.redis.clone(), events, holds, metrics.clone());
     let locks = Locks::new(deps.redis.clone(), Duration::from_secs(10), Duration::from_secs(8));
@@ -165,11 +166,37 @@ pub async fn start(
     let orders = Orders { store, payments, locks, metrics, abort_after };
     let settler = tokio::spawn(orders.clone().run_settler(cancel.clone()));
     let tasks = vec![relay, settler];
-    match service(orders).max_concurrency(max_concurrency).with_metrics(registry).start(deps.nats).await {
+    let started = service(orders)
+        .max_concurrency(max_concurrency)
+        .request_timeout(timeout)
+        .with_metrics(registry)
+        .start(deps.nats)
+        .await;
+    match started {
         Ok(service) => Ok(Running { service, cancel, tasks }),
         Err(e) => {
             cancel.cancel();
             Err(e.into())
         }
     }
+}
+
+/// The binary's life: telemetry, connections, serve until SIGTERM or Ctrl-C.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let _telemetry = res_telemetry::init("tickets", "info")?;
+    let deps = Deps::connect(&cfg.common).await?;
+    // `test` is the only provider built in (the value parser rejects others).
+    let payments = Arc::new(payment::TestProvider::default());
+    let mut registry = Registry::default();
+    let running = start(
+        deps,
+        cfg.holds.clone(),
+        payments,
+        cfg.common.max_concurrency,
+        cfg.test_abort_after_commit,
+        &mut registry,
+    )
+    .await?;
+    tracing::info!(provider = %cfg.payment_provider, "tickets service running");
+    booking_core::runtime::serve_until_signal(cfg.common.admin_addr, registry, || running.shutdown()).await
 }

@@ -27,7 +27,7 @@ use booking_core::lock::Locks;
 use booking_core::metrics::BookingMetrics;
 use booking_core::seatmap::SeatStore;
 use chrono::{DateTime, Utc};
-use res_service::Value;
+use res_service::{Deadline, Value};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -35,6 +35,12 @@ pub const ORDER_PLACED_SUBJECT: &str = "booking.events.order.placed";
 pub const ORDER_CANCELLED_SUBJECT: &str = "booking.events.order.cancelled";
 pub const ORDERS_RID: &str = "tickets.orders";
 pub const CURRENCY: &str = "EUR";
+/// How long a purchase or cancellation may take (payment included): callers are asked to wait
+/// this long when it starts.
+const CALL_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Serializes order inserts with their list events (see the module comment).
+const ORDERS_LOCK: &str = "booking:lock:orders";
 
 pub fn order_rid(id: &str) -> String {
     format!("tickets.order.{id}")
@@ -277,7 +283,9 @@ impl Orders {
         Ok(existing)
     }
 
-    pub async fn purchase(&self, who: &Claims, p: PurchaseParams) -> Result<Order, BookingError> {
+    /// Buys the caller's holds (one checkout). The caller is asked to wait [`CALL_BUDGET`]; a purchase that
+    /// cannot commit before its deadline is undone (refund, hold back to active): `booking.busy`.
+    pub async fn purchase(&self, who: &Claims, p: PurchaseParams, deadline: &Deadline) -> Result<Order, BookingError> {
         if p.idempotency_key.is_empty() || p.idempotency_key.len() > 128 {
             return Err(BookingError::InvalidParams("idempotencyKey must have 1 to 128 characters".into()));
         }
@@ -286,7 +294,8 @@ impl Orders {
             return Self::replay(existing, &hold_ids);
         }
         let dep = p.departure_id;
-        let holds = match self.store.begin_purchase(dep, &hold_ids, &who.sub).await {
+        deadline.extend(CALL_BUDGET).await;
+        let holds = match self.store.begin_purchase(dep, &hold_ids, &who.sub, deadline).await {
             Ok(h) => h,
             Err(e @ (BookingError::HoldExpired | BookingError::PurchaseInProgress)) => {
                 // A twin request with the same key may have bought the hold meanwhile.
@@ -300,13 +309,14 @@ impl Orders {
         // Tickets in seat order, as a read of the order lists them.
         let mut seats: Vec<String> = holds.iter().flat_map(|h| h.seats.iter().cloned()).collect();
         seats.sort();
-        match self.pay_and_place(who, &p, &hold_ids, &seats).await {
+        match self.pay_and_place(who, &p, &hold_ids, &seats, deadline).await {
             Ok((order, listed)) => {
                 // Committed: the answer is success whatever follows; what fails here the settler
                 // carries out (the order stays unsettled).
                 self.metrics.order("placed");
                 self.metrics.seats_sold.inc_by(order.tickets.len() as u64);
-                let completed = self.store.complete_purchase(dep, &hold_ids).await;
+                let sold: Vec<String> = order.tickets.iter().map(|t| t.seat.clone()).collect();
+                let completed = self.store.complete_purchase(dep, &hold_ids, &sold).await;
                 if let Err(e) = &completed {
                     tracing::warn!(error = %e, order = %order.id, "completing the hold failed; the settler retries");
                 }
@@ -331,6 +341,7 @@ impl Orders {
         p: &PurchaseParams,
         hold_ids: &[String],
         seats: &[String],
+        deadline: &Deadline,
     ) -> Result<(Order, bool), BookingError> {
         let dep = p.departure_id;
         let info = self.store.departure(dep).await?;
@@ -386,13 +397,24 @@ impl Orders {
             payment_ref: payment.reference.clone(),
             idempotency_key: p.idempotency_key.clone(),
         };
-        let guard = match self.locks.acquire("booking:lock:orders").await {
+        let guard = match self.locks.acquire(ORDERS_LOCK, deadline).await {
+            // Nobody waits for this order any more: do not place it.
+            Ok(g) if deadline.passed() => {
+                g.release().await?;
+                self.refund_unsold(&payment.reference, total).await;
+                return Err(BookingError::Busy);
+            }
             Ok(g) => g,
             Err(e) => {
                 self.refund_unsold(&payment.reference, total).await;
                 return Err(e);
             }
         };
+        if guard.in_doubt() {
+            // The previous holder may have died between inserting an order and adding it to the
+            // lists: every cached order list is fetched again.
+            self.store.events().reset(&[ORDERS_RID, "tickets.user.>"], &[]).await?;
+        }
         let inserted = self.insert(&mut order).await;
         if let Err(e) = inserted {
             drop(guard);
@@ -501,7 +523,7 @@ impl Orders {
     }
 
     /// Cancels an order (its owner or an operator): tickets end, seats turn free, money goes back.
-    pub async fn cancel(&self, who: &Claims, order_id: &str) -> Result<Order, BookingError> {
+    pub async fn cancel(&self, who: &Claims, order_id: &str, deadline: &Deadline) -> Result<Order, BookingError> {
         let mut order = self.load(order_id).await?.ok_or(BookingError::NotFound)?;
         if order.user_id != who.sub && !who.is_operator() {
             return Err(BookingError::AccessDenied);
@@ -513,11 +535,12 @@ impl Orders {
         if self.store.departure(dep).await?.departs_at <= Utc::now() {
             return Err(BookingError::Departed);
         }
+        deadline.extend(CALL_BUDGET).await;
         // Under the departure lock: a seat turns free in the database and on the map together,
         // so nobody can hold it in between and see the free event arrive after their hold.
         let cancelled_at = self
             .store
-            .transition(dep, || async {
+            .transition(dep, deadline, || async {
                 let mut client = self.store.db().get().await?;
                 let tx = client.transaction().await?;
                 let Some(row) = tx
@@ -631,7 +654,8 @@ impl Orders {
             let Some(order) = self.load(&id).await? else { continue };
             tracing::warn!(order = %order.id, status = %order.status, "settling an order its request left unsettled");
             let dep = order.departure_id;
-            self.store.complete_purchase(dep, &order.hold_ids).await?;
+            let sold: Vec<String> = order.tickets.iter().map(|t| t.seat.clone()).collect();
+            self.store.complete_purchase(dep, &order.hold_ids, &sold).await?;
             if order.status == "cancelled" {
                 self.store.republish(dep, order.tickets.iter().map(|t| t.seat.clone()).collect()).await?;
                 if !self.refund(&order).await {

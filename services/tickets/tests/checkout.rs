@@ -6,6 +6,7 @@
 
 use booking_core::BookingError;
 use booking_core::config::HoldConfig;
+use booking_core::lock::unattended;
 use booking_core::metrics::BookingMetrics;
 use booking_core::seatmap::SeatStore;
 use booking_core::testing::{Env, ModelSubscriber, call, get, token};
@@ -28,6 +29,7 @@ fn holds(cap: usize) -> HoldConfig {
         max_held_seats_per_user: cap,
         purchase_timeout_secs: 30,
         sweep_interval_ms: 100,
+        ..HoldConfig::default()
     }
 }
 
@@ -205,7 +207,7 @@ async fn the_cap_on_held_seats_spans_holds_departures_and_instances() {
         let store = stores[i % 2].clone();
         let dep = deps[i / 2 % 2];
         let seat = booking_core::seed::seat_id(1, 1 + (i / 4) as i32, ['A', 'B', 'C', 'D'][i % 4]);
-        tries.spawn(async move { store.hold(dep, "carol", vec![seat]).await });
+        tries.spawn(async move { store.hold(dep, "carol", vec![seat], None, &unattended()).await });
     }
     let (mut held, mut capped) = (Vec::new(), 0);
     while let Some(r) = tries.join_next().await {
@@ -220,13 +222,13 @@ async fn the_cap_on_held_seats_spans_holds_departures_and_instances() {
     }
     assert_eq!((held.len(), capped), (cap, 12 - cap), "exactly the cap held");
     // Another user is not affected; a multi-seat hold over the cap is refused whole.
-    stores[0].hold(deps[0], "dave", vec!["1-01C".into(), "1-01D".into()]).await.unwrap();
-    let over = stores[1].hold(deps[0], "carol", vec!["1-02C".into()]).await;
+    stores[0].hold(deps[0], "dave", vec!["1-01C".into(), "1-01D".into()], None, &unattended()).await.unwrap();
+    let over = stores[1].hold(deps[0], "carol", vec!["1-02C".into()], None, &unattended()).await;
     assert!(matches!(over, Err(BookingError::TooManyHeld { held: 5, .. })), "{over:?}");
     // A released hold frees its share of the cap.
     let h = &held[0];
-    stores[1].release(h.departure_id, &h.hold_id, Some("carol")).await.unwrap();
-    stores[0].hold(deps[0], "carol", vec!["1-02D".into()]).await.unwrap();
+    stores[1].release(h.departure_id, &h.hold_id, Some("carol"), &unattended()).await.unwrap();
+    stores[0].hold(deps[0], "carol", vec!["1-02D".into()], None, &unattended()).await.unwrap();
     assert_eq!(stores[0].user_holds("carol").await.unwrap().len(), cap);
 }
 

@@ -2,11 +2,8 @@
 //! in the middle of purchases and cancellations, the tickets process aborted between commit and
 //! publish, and every published payload checked against its JSON Schema in `docs/events/`.
 
-use async_nats::jetstream;
 use booking_core::config::HoldConfig;
-use booking_core::outbox::STREAM;
-use booking_core::testing::{Binary, Env, ShopLog, call, deal_seats, shop, token};
-use futures_util::StreamExt;
+use booking_core::testing::{Binary, Env, ShopLog, call, deal_seats, shop, stream_events, token};
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -17,30 +14,11 @@ fn holds() -> HoldConfig {
     HoldConfig {
         hold_ttl_secs: 10,
         max_seats_per_hold: 4,
-        max_held_seats_per_user: 100,
         purchase_timeout_secs: 30,
         sweep_interval_ms: 100,
+        max_held_seats_per_user: 100,
+        ..HoldConfig::default()
     }
-}
-
-/// Every message of the stream, in stream order: (subject, payload).
-async fn stream_events(c: &async_nats::Client) -> Vec<(String, serde_json::Value)> {
-    let js = jetstream::new(c.clone());
-    let mut stream = js.get_stream(STREAM).await.expect("stream");
-    let total = stream.info().await.expect("stream info").state.messages as usize;
-    let consumer =
-        stream.create_consumer(jetstream::consumer::pull::OrderedConfig::default()).await.expect("ordered consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let mut out = Vec::with_capacity(total);
-    while out.len() < total {
-        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .expect("stream delivers within 10 s")
-            .expect("message")
-            .expect("message");
-        out.push((m.subject.to_string(), serde_json::from_slice(&m.payload).expect("json payload")));
-    }
-    out
 }
 
 /// Waits (bounded) until the outbox has no unpublished row.
@@ -350,7 +328,10 @@ async fn a_process_killed_between_commit_and_publish_publishes_after_restart_onc
         HoldConfig::default(),
         Default::default(),
     );
-    let hold = store.hold(dep, "alice", vec!["1-01A".into(), "1-01B".into()]).await.unwrap();
+    let hold = store
+        .hold(dep, "alice", vec!["1-01A".into(), "1-01B".into()], None, &booking_core::lock::unattended())
+        .await
+        .unwrap();
     let alice = token("alice", &["customer"]);
     let bin = |hook: Option<&str>| {
         let mut extra = vec![("BOOKING_SWEEP_INTERVAL_MS", "100")];

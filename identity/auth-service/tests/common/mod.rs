@@ -164,7 +164,7 @@ impl Env {
             addr: "127.0.0.1".into(),
             port: 0,
             header_auth: Some(identity_auth::HEADER_AUTH.into()),
-            ws_header_auth: opts.ws_header_auth.then(|| identity_auth::HEADER_AUTH.into()),
+            ws_header_auth: opts.ws_header_auth.then(|| identity_auth::WS_HEADER_AUTH.into()),
             // Two cores shared by parallel tests, a Node issuer and nats-server: be patient.
             request_timeout: 10_000,
             ..Default::default()
