@@ -92,11 +92,14 @@ test('A holds a seat; B sees it taken within a second and cannot hold it; A pays
   await alice.page.fill('#card', '4242 4242 4242 4242');
   await alice.page.click('#pay');
   assert.match(await toastText(alice.page, 'success', 15_000), /Paid/);
-  await seatShows(alice.page, s, 'sold', 5_000);
   await seatShows(bob.page, s, 'sold', 5_000);
-  // "My tickets" updates without reload.
+  // The confirmation, then "My tickets" (its own page) with the order, live.
+  await alice.page.waitForSelector(`#ticket-list li[data-seat="${s}"]`, { timeout: 10_000 });
+  await alice.page.click('#nav-tickets');
   await alice.page.waitForSelector(`#orders li[data-status="placed"] >> text=${s}`, { timeout: 5_000 });
   assert.equal((await seatStates(dep.id))[s], 'sold');
+  await openDeparture(alice.page, dep);
+  await seatShows(alice.page, s, 'sold', 5_000);
   await shot(alice.page, 'seatmap-alice-after-purchase');
 });
 
@@ -106,7 +109,7 @@ test('a declined card keeps the hold and says so', async () => {
   await seatShows(alice.page, s, 'mine');
   await alice.page.fill('#card', '4000 0000 0000 0002');
   await alice.page.click('#pay');
-  assert.match(await toastText(alice.page, 'error', 15_000), /declined/i);
+  await alice.page.waitForFunction(() => /declined/i.test(document.querySelector('#card-error')?.textContent), null, { timeout: 15_000 });
   assert.equal(await alice.page.getAttribute(seat(s), 'data-state'), 'mine');
   await dismissToasts(alice.page);
   // Release it again (click the own seat): freed for both, and not reported as an expiry.
@@ -138,19 +141,19 @@ test('on a phone the selection, price and Pay stay in view next to the seat map,
     const v = await inView(page, sel);
     assert.ok(v.inside && v.uncovered, `${sel} on the phone: ${JSON.stringify(v)}`);
   }
-  // Tabbing onto a seat that is behind the bar brings it out from under it.
+  // Moving the keyboard focus onto a seat that is behind the bar brings it out from under it.
   const hidden = await page.evaluate(() => {
     const bar = document.querySelector('#departure .basket').getBoundingClientRect();
     const seats = [...document.querySelectorAll('#seatmap button.seat')];
     const i = seats.findIndex((b) => {
       const r = b.getBoundingClientRect();
-      return r.top > bar.top && r.bottom < window.innerHeight;
+      return r.top > bar.top && r.bottom < window.innerHeight && b.dataset.seat.match(/[A-Z]$/)[0] !== 'A';
     });
     if (i > 0) seats[i - 1].focus();
     return i > 0 ? seats[i].dataset.seat : null;
   });
   assert.ok(hidden, 'a seat behind the bar');
-  await page.keyboard.press('Tab');
+  await page.keyboard.press('ArrowRight');
   assert.equal(await page.evaluate(() => document.activeElement?.dataset.seat), hidden);
   const f = await inView(page, seat(hidden));
   assert.ok(f.inside && f.uncovered, `focused seat ${hidden} clear of the bar: ${JSON.stringify(f)}`);
@@ -162,20 +165,25 @@ test('on a phone the selection, price and Pay stay in view next to the seat map,
   await page.fill('#card', '4242 4242 4242 4242');
   await page.click('#pay');
   assert.match(await toastText(page, 'success', 15_000), /Paid/);
-  await seatShows(page, s, 'sold', 5_000);
   await seatShows(alice.page, s, 'sold', 5_000);
+  await page.waitForSelector(`#ticket-list li[data-seat="${s}"]`, { timeout: 10_000 });
+  await openDeparture(page, dep);
+  await seatShows(page, s, 'sold', 5_000);
 });
 
-test('keyboard: seats are reached with Tab, show focus, and Enter / Space hold and release', async () => {
+test('keyboard: seats are reached with the arrow keys, show focus, and Enter / Space hold and release', async () => {
   const { page } = alice;
   const since = Date.now();
   const s = await nextFreeSeat();
-  // Focus the seat before it, then Tab: a keyboard user's focus lands on the seat.
-  await page.$eval(seat(s), (el) => {
-    const all = [...document.querySelectorAll('#seatmap button.seat')];
-    all[all.indexOf(el) - 1].focus();
+  // Focus the seat above (or below) it, then an arrow key: the focus lands on the seat.
+  const key = await page.$eval(seat(s), (el) => {
+    const [, car, row, letter] = el.dataset.seat.match(/^(\d+)-(\d+)([A-Z])$/);
+    const up = Number(row) > 1;
+    const next = `${car}-${String(Number(row) + (up ? -1 : 1)).padStart(2, '0')}${letter}`;
+    document.querySelector(`#seatmap button[data-seat="${next}"]`).focus();
+    return up ? 'ArrowDown' : 'ArrowUp';
   });
-  await page.keyboard.press('Tab');
+  await page.keyboard.press(key);
   const focus = await page.evaluate(() => {
     const el = document.activeElement;
     const st = getComputedStyle(el);

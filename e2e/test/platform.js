@@ -169,6 +169,11 @@ export async function seatStates(dep) {
 /** Opens the app in a new context (phone- or desktop-sized) and signs in through the issuer. */
 export async function signedInPage(browser, user, { viewport = { width: 1280, height: 900 } } = {}) {
   const context = await browser.newContext({ viewport });
+  return signIn(context, user);
+}
+
+/** Signs `user` in on a new page of `context`. */
+export async function signIn(context, user) {
   // Every message the app shows, kept for assertions and failure reports: window.__toasts.
   await context.addInitScript(() => {
     window.__toasts = [];
@@ -263,4 +268,50 @@ export async function seatShows(page, id, state, timeoutMs = 5_000) {
 
 export function ensureArtifacts() {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
+}
+
+/** A second tab of the same browser profile (context): shares the sign-in (localStorage). */
+export async function anotherTab(context) {
+  const page = await context.newPage();
+  page.on('dialog', (d) => d.accept());
+  return page;
+}
+
+const AXE = fs.readFileSync(path.join(path.dirname(fileURLToPath(import.meta.url)), '../node_modules/axe-core/axe.min.js'), 'utf8');
+
+/** axe-core's serious and critical violations on the page as shown now (WCAG 2.x A/AA). */
+export async function axeViolations(page) {
+  // Evaluated through the DevTools protocol: the app's CSP allows no inline script.
+  if (!(await page.evaluate(() => !!window.axe))) await page.evaluate(AXE);
+  const result = await page.evaluate(() => window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] } }));
+  return result.violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+}
+
+export const DESKTOP = { width: 1280, height: 800 };
+export const PHONE = { width: 390, height: 844 };
+
+/** Screenshots of the page at desktop and phone size: `<name>-desktop.png`, `<name>-phone.png`. */
+export async function shotsBothSizes(page, name) {
+  const was = page.viewportSize();
+  for (const [kind, size] of [['desktop', DESKTOP], ['phone', PHONE]]) {
+    await page.setViewportSize(size);
+    await sleep(150); // layout and the basket bar's observer
+    await page.screenshot({ path: path.join(ARTIFACTS, `${name}-${kind}.png`), fullPage: false, timeout: 15_000 });
+  }
+  await page.setViewportSize(was);
+}
+
+/** The access token the app stored for its signed-in user (shared by the tabs). */
+export async function accessToken(page) {
+  return page.evaluate(() => {
+    for (const store of [localStorage, sessionStorage]) {
+      for (let i = 0; i < store.length; i++) {
+        const k = store.key(i);
+        if (k.startsWith('oidc.user:')) return JSON.parse(store.getItem(k)).access_token;
+      }
+    }
+    return null;
+  });
 }

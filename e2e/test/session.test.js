@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import {
-  ARTIFACTS, Platform, WEB, ensureArtifacts, launchBrowser, openDeparture, pickDeparture, seat, seatShows,
+  ARTIFACTS, Platform, WEB, anotherTab, ensureArtifacts, launchBrowser, openDeparture, pickDeparture, seat, seatShows,
   seatStates, signedInPage, toastLog,
 } from './platform.js';
 
@@ -127,10 +127,12 @@ test('sessions outlive several access-token lifetimes: holds, live updates, paym
   await a.click('#pay');
   await a.waitForSelector('.toast[data-kind="success"]', { timeout: 15_000 });
   await seatShows(b, s1, 'sold', 5_000);
+  await a.waitForSelector(`#ticket-list li[data-seat="${s1}"]`, { timeout: 10_000 });
+  await a.click('#nav-tickets');
   await a.waitForSelector(`#orders li[data-status="placed"] >> text=${s1}`, { timeout: 5_000 });
   await b.click(seat(s2));
   await seatShows(b, s2, 'free', 5_000);
-  await seatShows(a, s2, 'free', 1_000);
+  assert.equal((await seatStates(dep.id))[s2], 'free');
   await shot(a, 'session-alice-after-token-refreshes');
   for (const who of ['alice', 'bob']) await assertStillSignedIn(who, since);
 });
@@ -161,8 +163,38 @@ test('a tab that comes back after its access token expired is still signed in (r
   await page.click(seat(s));
   await seatShows(page, s, 'mine', 5_000);
   await seatShows(users.bob.page, s, 'held', 2_000);
-  await page.waitForSelector('#orders li[data-status="placed"]', { timeout: 5_000 });
   await page.click(seat(s));
   await seatShows(page, s, 'free', 5_000);
+  await page.click('#nav-tickets');
+  await page.waitForSelector('#orders li[data-status="placed"]', { timeout: 5_000 });
   await assertStillSignedIn('alice', since);
+});
+
+test('two tabs of one user share the sign-in through several refreshes (one refresh at a time, no reuse, no sign-out)', async () => {
+  const { page, context } = users.alice;
+  const since = Date.now();
+  const tab = await anotherTab(context);
+  const tabWatch = watchSession(tab);
+  await openDeparture(tab, dep);
+  await tab.waitForSelector('#who', { timeout: 10_000 });
+  assert.ok(!tab.url().includes('/interaction/'), 'no login page in the new tab');
+  await openDeparture(page, dep);
+  await sleep((3 * TOKEN_TTL_SECS + 2) * 1000);
+  for (const [name, p, w] of [['first tab', page, users.alice.watch], ['second tab', tab, tabWatch]]) {
+    assert.ok(await p.$('#who'), `${name}: still signed in`);
+    assert.equal(w.refreshFailures, 0, `${name}: no refused or failed refresh`);
+    assert.ok(w.loginReplies.every((r) => r === 'ok'), `${name}: in-band logins accepted: ${w.loginReplies}`);
+    const shown = (await toastLog(p)).filter((t) => t.at >= since);
+    assert.deepEqual(shown.filter((t) => t.kind === 'error' || /signed out|sign in/i.test(t.text)), [], `${name}: no error or sign-in messages`);
+  }
+  assert.ok(tabWatch.logins >= 3, `the second tab logged in with the refreshed tokens (${tabWatch.logins})`);
+  // Both still act as the user on the gateway: a hold in one is the user's in the other.
+  const states = await seatStates(dep.id);
+  const s = Object.keys(states).sort().find((x) => x.startsWith('3-') && states[x] === 'free');
+  await tab.click(seat(s));
+  await seatShows(tab, s, 'mine', 5_000);
+  await seatShows(page, s, 'mine', 5_000);
+  await page.click(seat(s));
+  await seatShows(tab, s, 'free', 5_000);
+  await tab.close();
 });

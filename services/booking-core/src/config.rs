@@ -96,6 +96,9 @@ pub struct HoldConfig {
     /// Most seats one hold may take.
     #[arg(long, env = "BOOKING_MAX_SEATS_PER_HOLD", default_value_t = 8)]
     pub max_seats_per_hold: usize,
+    /// Most seats one user may hold at once, over all their holds (any departure, tab or device).
+    #[arg(long, env = "BOOKING_MAX_HELD_SEATS_PER_USER", default_value_t = 8)]
+    pub max_held_seats_per_user: usize,
     /// Seconds a purchase may take before the sweeper settles its hold (after a crash).
     #[arg(long, env = "BOOKING_PURCHASE_TIMEOUT_SECS", default_value_t = 120)]
     pub purchase_timeout_secs: u64,
@@ -122,6 +125,7 @@ impl Default for HoldConfig {
         HoldConfig {
             hold_ttl_secs: 600,
             max_seats_per_hold: 8,
+            max_held_seats_per_user: 8,
             purchase_timeout_secs: 120,
             sweep_interval_ms: 500,
             request_timeout_ms: 3000,

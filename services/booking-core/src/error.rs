@@ -24,6 +24,8 @@ pub enum BookingError {
     UnknownSeat(String),
     #[error("at most {0} seats per hold")]
     TooManySeats(usize),
+    #[error("at most {cap} held seats per user; you hold {held}")]
+    TooManyHeld { cap: usize, held: usize },
     #[error("the hold has expired or does not exist")]
     HoldExpired,
     #[error("the hold belongs to another user")]
@@ -75,7 +77,7 @@ impl BookingError {
         match self {
             BookingError::SeatTaken(_) => code::SEAT_TAKEN,
             BookingError::UnknownSeat(_) => code::UNKNOWN_SEAT,
-            BookingError::TooManySeats(_) => code::TOO_MANY_SEATS,
+            BookingError::TooManySeats(_) | BookingError::TooManyHeld { .. } => code::TOO_MANY_SEATS,
             BookingError::HoldExpired => code::HOLD_EXPIRED,
             BookingError::NotYourHold => code::NOT_YOUR_HOLD,
             BookingError::PurchaseInProgress => code::PURCHASE_IN_PROGRESS,
@@ -109,6 +111,9 @@ impl From<BookingError> for ResError {
             }
             BookingError::SeatTaken(seats) => {
                 ResError::new(e.code(), e.to_string()).with_data(serde_json::json!({ "seats": seats }))
+            }
+            BookingError::TooManyHeld { cap, held } => {
+                ResError::new(e.code(), e.to_string()).with_data(serde_json::json!({ "cap": cap, "held": held }))
             }
             _ => ResError::new(e.code(), e.to_string()),
         }

@@ -4,7 +4,9 @@
 //! - sold: PostgreSQL (`tickets`, one active ticket per seat by a partial unique index): the truth.
 //! - held: Redis. `booking:held:<dep>` maps seat → hold ID; `booking:hold:<id>` is the hold
 //!   (owner, departure, seats, expiry, state `active`|`purchasing`); `booking:holds:expiry` and
-//!   `booking:holds:purchasing` are sorted sets by deadline that the sweepers scan.
+//!   `booking:holds:purchasing` are sorted sets by deadline that the sweepers scan;
+//!   `booking:user:<sub>:holds` maps each of a user's holds to its seat count (the per-user cap
+//!   and `seats.user.<sub>.holds`), kept by the same scripts that take and end holds.
 //! - free: everything else.
 //!
 //! Ordering (the RES rule: events of one resource in order, each change before the reply): every
@@ -101,27 +103,41 @@ pub fn availability_rid(dep: i64) -> String {
     format!("seats.departure.{dep}.availability")
 }
 
-/// Takes all seats or none; returns the seats already held. Running it again for the same hold
-/// (a retry after a lost reply) finds the hold made and succeeds.
+/// Takes all seats or none, within the owner's cap on held seats across all their holds (every
+/// departure, every tab, every instance: the count lives here, in one atomic script). Running it
+/// again for the same hold (a retry after a lost reply) finds the hold made and succeeds. KEYS:
+/// held, hold, expiry, the owner's holds (hold ID → seat count). ARGV: id, owner, dep, expires,
+/// cap, seats... Returns `{'ok'}`, `{'taken', seats...}` or `{'cap', seats already held}`. Hold
+/// hashes are read by their key (`booking:hold:<id>`) to drop index entries of holds that ended.
 const HOLD: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
-local taken = {}
-for i = 5, #ARGV do
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'ok'} end
+local held = 0
+for _, id in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if redis.call('EXISTS', 'booking:hold:' .. id) == 1 then
+    held = held + tonumber(redis.call('HGET', KEYS[4], id))
+  else
+    redis.call('HDEL', KEYS[4], id)
+  end
+end
+if held + #ARGV - 5 > tonumber(ARGV[5]) then return {'cap', tostring(held)} end
+local taken = {'taken'}
+for i = 6, #ARGV do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then table.insert(taken, ARGV[i]) end
 end
-if #taken > 0 then return taken end
+if #taken > 1 then return taken end
 local seats = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
   table.insert(seats, ARGV[i])
 end
 redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'dep', ARGV[3], 'seats', table.concat(seats, ','), 'expires', ARGV[4], 'state', 'active')
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-return {}";
+redis.call('HSET', KEYS[4], ARGV[1], #seats)
+return {'ok'}";
 
 /// Ends a hold (release by its owner, expiry, or completed purchase) and frees its seats in the
-/// held map. KEYS: hold, expiry, purchasing, held. ARGV: id, owner ('' = anyone), dep, mode
-/// (`release` | `expire` | `complete`), now.
+/// held map and the owner's holds. KEYS: hold, expiry, purchasing, held. ARGV: id, owner ('' =
+/// anyone), dep, mode (`release` | `expire` | `complete`), now. Returns `{'ok', seats, owner}`.
 const END: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'owner', 'dep', 'seats', 'expires', 'state')
 if not h[1] or h[2] ~= ARGV[3] then return {'gone'} end
@@ -140,23 +156,33 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-return {'ok', h[3]}";
+redis.call('HDEL', 'booking:user:' .. h[1] .. ':holds', ARGV[1])
+return {'ok', h[3], h[1]}";
 
-/// Marks an active, unexpired hold of `owner` as being purchased: it no longer expires (the
-/// purchase sweeper settles it after the purchase deadline). KEYS: hold, expiry, purchasing.
-/// ARGV: id, owner, dep, now, deadline, attempt (unique per purchase: a retry of the same
-/// attempt after a lost reply succeeds again).
+/// Marks active, unexpired holds of `owner` on `dep` as being purchased, all or none: they no
+/// longer expire (the purchase sweeper settles them after the purchase deadline). KEYS: expiry,
+/// purchasing. ARGV: owner, dep, now, deadline, attempt (unique per purchase: a retry of the same
+/// attempt after a lost reply succeeds again), ids... Returns `{'ok', seats, expires}` per hold
+/// in `ids` order, or the first refusal.
 const BEGIN: &str = r"
-local h = redis.call('HMGET', KEYS[1], 'owner', 'dep', 'seats', 'expires', 'state', 'attempt')
-if not h[1] or h[2] ~= ARGV[3] then return {'gone'} end
-if h[1] ~= ARGV[2] then return {'notyours'} end
-if h[5] == 'purchasing' and h[6] == ARGV[6] then return {'ok', h[3], h[4]} end
-if h[5] ~= 'active' then return {'purchasing'} end
-if tonumber(h[4]) <= tonumber(ARGV[4]) then return {'expired'} end
-redis.call('HSET', KEYS[1], 'state', 'purchasing', 'attempt', ARGV[6])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-return {'ok', h[3], h[4]}";
+local out = {'ok'}
+for i = 6, #ARGV do
+  local h = redis.call('HMGET', 'booking:hold:' .. ARGV[i], 'owner', 'dep', 'seats', 'expires', 'state', 'attempt')
+  if not h[1] or h[2] ~= ARGV[2] then return {'gone'} end
+  if h[1] ~= ARGV[1] then return {'notyours'} end
+  if not (h[5] == 'purchasing' and h[6] == ARGV[5]) then
+    if h[5] ~= 'active' then return {'purchasing'} end
+    if tonumber(h[4]) <= tonumber(ARGV[3]) then return {'expired'} end
+  end
+  table.insert(out, h[3])
+  table.insert(out, h[4])
+end
+for i = 6, #ARGV do
+  redis.call('HSET', 'booking:hold:' .. ARGV[i], 'state', 'purchasing', 'attempt', ARGV[5])
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[i])
+end
+return out";
 
 /// Puts a hold being purchased back to active with its original expiry. KEYS: hold, expiry,
 /// purchasing. ARGV: id.
@@ -176,6 +202,29 @@ pub struct Seat {
     pub row: i32,
     pub letter: String,
     pub class: i32,
+    /// `window`, `aisle`, `table` (see [`seat_features`]).
+    pub features: Vec<&'static str>,
+}
+
+/// What a seat offers, from its place in the car: the outermost letters sit at the window, those
+/// next to the aisle (after the first letter with 3 across, the middle with 4) at the aisle, and
+/// the two middle rows face each other across a table.
+pub fn seat_features(letters: &[String], rows: i32, row: i32, letter: &str) -> Vec<&'static str> {
+    let Some(i) = letters.iter().position(|l| l == letter) else { return Vec::new() };
+    let n = letters.len();
+    let aisle_after = if n == 3 { 1 } else { n.div_ceil(2) };
+    let mut out = Vec::new();
+    if i == 0 || i + 1 == n {
+        out.push("window");
+    }
+    if i + 1 == aisle_after || i == aisle_after {
+        out.push("aisle");
+    }
+    let mid = (rows + 1) / 2;
+    if row == mid || row == mid + 1 {
+        out.push("table");
+    }
+    out
 }
 
 /// What the store needs to know about a departure (static once seeded).
@@ -226,6 +275,20 @@ pub struct Hold {
     pub seats: Vec<String>,
     /// Unix milliseconds.
     pub expires_at: i64,
+    /// `active`, or `purchasing` while a payment for it runs.
+    pub state: String,
+}
+
+pub fn user_holds_rid(owner: &str) -> String {
+    format!("seats.user.{owner}.holds")
+}
+
+pub fn departure_holds_rid(dep: i64) -> String {
+    format!("seats.departure.{dep}.holds")
+}
+
+fn user_holds_key(owner: &str) -> String {
+    format!("booking:user:{owner}:holds")
 }
 
 /// The occupancy event for other consumers (pricing); the outbox adds `version`, `eventId` and
@@ -263,6 +326,30 @@ struct Inner {
     metrics: BookingMetrics,
     departures: Mutex<HashMap<i64, Arc<DepartureInfo>>>,
     scripts: Scripts,
+}
+
+/// Fills in each seat's features from its car's letters and rows.
+fn with_features(mut seats: Vec<Seat>) -> Vec<Seat> {
+    let mut cars: BTreeMap<i32, (Vec<String>, i32)> = BTreeMap::new();
+    for s in &seats {
+        let car = cars.entry(s.car).or_default();
+        if !car.0.contains(&s.letter) {
+            car.0.push(s.letter.clone());
+        }
+        car.1 = car.1.max(s.row);
+    }
+    for car in cars.values_mut() {
+        car.0.sort();
+    }
+    for s in &mut seats {
+        let (letters, rows) = &cars[&s.car];
+        s.features = seat_features(letters, *rows, s.row, &s.letter);
+    }
+    seats
+}
+
+fn split_seats(csv: &str) -> Vec<String> {
+    csv.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 fn now_ms() -> i64 {
@@ -339,8 +426,9 @@ impl SeatStore {
             )
             .await?
             .iter()
-            .map(|r| Seat { id: r.get(0), car: r.get(1), row: r.get(2), letter: r.get(3), class: r.get(4) })
+            .map(|r| Seat { id: r.get(0), car: r.get(1), row: r.get(2), letter: r.get(3), class: r.get(4), features: vec![] })
             .collect();
+        let seats = with_features(seats);
         let info = Arc::new(DepartureInfo {
             id: dep,
             departs_at: row.get(0),
@@ -528,7 +616,8 @@ impl SeatStore {
         self.transition(dep, &unattended(), || async { Ok(((), seats)) }).await
     }
 
-    /// Holds `seats` for `owner`: all or none. A hold that could only be made after `deadline`
+    /// Holds `seats` for `owner`: all or none, within the owner's cap on held seats. A hold that
+    /// could only be made after `deadline`
     /// (the caller has stopped waiting for it) is released again: `booking.busy`.
     ///
     /// With an idempotency key the hold ID is derived from owner, departure and key, so a retry
@@ -574,7 +663,9 @@ impl SeatStore {
             owner: owner.to_owned(),
             seats: seats.clone(),
             expires_at,
+            state: "active".into(),
         };
+        let cap = self.inner.cfg.max_held_seats_per_user;
         let made = self
             .transition(dep, deadline, || async {
                 let sold = self.sold_seats(dep).await?;
@@ -583,17 +674,23 @@ impl SeatStore {
                     return Err(BookingError::SeatTaken(taken));
                 }
                 let mut inv = self.inner.scripts.hold.prepare_invoke();
-                inv.key(held_key(dep)).key(hold_key(&hold_id)).key(EXPIRY);
-                inv.arg(&hold_id).arg(owner).arg(dep).arg(expires_at);
+                inv.key(held_key(dep)).key(hold_key(&hold_id)).key(EXPIRY).key(user_holds_key(owner));
+                inv.arg(&hold_id).arg(owner).arg(dep).arg(expires_at).arg(cap);
                 for s in &seats {
                     inv.arg(s);
                 }
                 let inv = &inv;
-                let taken: Vec<String> =
+                let r: Vec<String> =
                     retry_once(&self.inner.redis, |mut c| async move { inv.invoke_async(&mut c).await }).await?;
-                if !taken.is_empty() {
-                    return Err(BookingError::SeatTaken(taken));
+                match r.first().map(String::as_str) {
+                    Some("ok") => {}
+                    Some("cap") => {
+                        let held = r.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+                        return Err(BookingError::TooManyHeld { cap, held });
+                    }
+                    _ => return Err(BookingError::SeatTaken(r[1..].to_vec())),
                 }
+                self.holds_changed(dep, owner).await;
                 Ok((hold, seats.clone()))
             })
             .await;
@@ -605,7 +702,7 @@ impl SeatStore {
                 // the next holder reset the map.
                 match self.end(dep, &hold_id, "", "release").await {
                     // Taken back, or never made.
-                    Ok(_) | Err(BookingError::HoldExpired) => {}
+                    Ok(_) | Err(BookingError::HoldExpired) => self.user_holds_changed(owner).await,
                     Err(undo) => tracing::warn!(error = %undo, hold = %hold_id, "undoing a failed hold failed"),
                 }
                 return Err(e);
@@ -621,7 +718,14 @@ impl SeatStore {
         Ok(out)
     }
 
-    async fn end(&self, dep: i64, hold_id: &str, owner: &str, mode: &str) -> Result<Vec<String>, BookingError> {
+    /// Ends a hold; returns its seats and owner.
+    async fn end(
+        &self,
+        dep: i64,
+        hold_id: &str,
+        owner: &str,
+        mode: &str,
+    ) -> Result<(Vec<String>, String), BookingError> {
         let r: Vec<String> = retry_once(&self.inner.redis, |mut c| async move {
             self.inner
                 .scripts
@@ -640,7 +744,12 @@ impl SeatStore {
         })
         .await?;
         match r.first().map(String::as_str) {
-            Some("ok") => Ok(r.get(1).map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default()),
+            Some("ok") => {
+                let seats = r.get(1).map(|s| split_seats(s)).unwrap_or_default();
+                let owner = r.get(2).cloned().unwrap_or_default();
+                self.departure_holds_changed(dep).await;
+                Ok((seats, owner))
+            }
             Some("notyours") => Err(BookingError::NotYourHold),
             Some("purchasing") => Err(BookingError::PurchaseInProgress),
             _ => Err(BookingError::HoldExpired),
@@ -655,59 +764,55 @@ impl SeatStore {
         owner: Option<&str>,
         deadline: &Deadline,
     ) -> Result<Vec<String>, BookingError> {
-        let seats = self
+        let (seats, owner) = self
             .transition(dep, deadline, || async {
-                let seats = self.end(dep, hold_id, owner.unwrap_or(""), "release").await?;
-                Ok((seats.clone(), seats))
+                let (seats, owner) = self.end(dep, hold_id, owner.unwrap_or(""), "release").await?;
+                Ok(((seats.clone(), owner), seats))
             })
             .await?;
+        self.user_holds_changed(&owner).await;
         self.inner.metrics.holds_released.inc();
         Ok(seats)
     }
 
-    /// Starts purchasing a hold: checks it is the caller's, active and unexpired, and stops its
-    /// expiry until [`complete_purchase`](Self::complete_purchase) or
-    /// [`abort_purchase`](Self::abort_purchase). Returns the hold.
+    /// Starts purchasing holds of one departure together (one order): checks they are the
+    /// caller's, active and unexpired, and stops their expiry until
+    /// [`complete_purchase`](Self::complete_purchase) or [`abort_purchase`](Self::abort_purchase);
+    /// all or none. Returns the holds.
     pub async fn begin_purchase(
         &self,
         dep: i64,
-        hold_id: &str,
+        hold_ids: &[String],
         owner: &str,
         deadline: &Deadline,
-    ) -> Result<Hold, BookingError> {
+    ) -> Result<Vec<Hold>, BookingError> {
         let settle_at = now_ms() + (self.inner.cfg.purchase_timeout_secs * 1000) as i64;
         let attempt = format!("{:032x}", rand::random::<u128>());
-        let attempt = attempt.as_str();
         self.transition(dep, deadline, || async {
-            let r: Vec<String> = retry_once(&self.inner.redis, |mut c| async move {
-                self.inner
-                    .scripts
-                    .begin
-                    .key(hold_key(hold_id))
-                    .key(EXPIRY)
-                    .key(PURCHASING)
-                    .arg(hold_id)
-                    .arg(owner)
-                    .arg(dep)
-                    .arg(now_ms())
-                    .arg(settle_at)
-                    .arg(attempt)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+            let mut inv = self.inner.scripts.begin.prepare_invoke();
+            inv.key(EXPIRY).key(PURCHASING).arg(owner).arg(dep).arg(now_ms()).arg(settle_at).arg(&attempt);
+            for id in hold_ids {
+                inv.arg(id);
+            }
+            let inv = &inv;
+            let r: Vec<String> =
+                retry_once(&self.inner.redis, |mut c| async move { inv.invoke_async(&mut c).await }).await?;
             match r.first().map(String::as_str) {
                 Some("ok") => {
-                    let seats = r.get(1).map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default();
-                    let expires_at = r.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
-                    let hold = Hold {
-                        hold_id: hold_id.to_owned(),
-                        departure_id: dep,
-                        owner: owner.to_owned(),
-                        seats,
-                        expires_at,
-                    };
-                    Ok((hold, Vec::new()))
+                    let holds = hold_ids
+                        .iter()
+                        .zip(r[1..].chunks(2))
+                        .map(|(id, h)| Hold {
+                            hold_id: id.clone(),
+                            departure_id: dep,
+                            owner: owner.to_owned(),
+                            seats: split_seats(&h[0]),
+                            expires_at: h.get(1).and_then(|e| e.parse().ok()).unwrap_or(0),
+                            state: "purchasing".into(),
+                        })
+                        .collect();
+                    self.holds_changed(dep, owner).await;
+                    Ok((holds, Vec::new()))
                 }
                 Some("notyours") => Err(BookingError::NotYourHold),
                 Some("purchasing") => Err(BookingError::PurchaseInProgress),
@@ -717,37 +822,154 @@ impl SeatStore {
         .await
     }
 
-    /// Puts a hold back to active after a failed payment (it expires as before).
-    pub async fn abort_purchase(&self, dep: i64, hold_id: &str) -> Result<(), BookingError> {
+    /// Puts holds being purchased back to active after a failed payment (they expire as before).
+    pub async fn abort_purchase(&self, dep: i64, hold_ids: &[String]) -> Result<(), BookingError> {
         self.transition(dep, &unattended(), || async {
-            let _: i64 = retry_once(&self.inner.redis, |mut c| async move {
-                self.inner
-                    .scripts
-                    .abort
-                    .key(hold_key(hold_id))
-                    .key(EXPIRY)
-                    .key(PURCHASING)
-                    .arg(hold_id)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+            let mut owners = HashSet::new();
+            for id in hold_ids {
+                let owner: Option<String> = retry_once(&self.inner.redis, |mut c| async move {
+                    let _: i64 = self
+                        .inner
+                        .scripts
+                        .abort
+                        .key(hold_key(id))
+                        .key(EXPIRY)
+                        .key(PURCHASING)
+                        .arg(id)
+                        .invoke_async(&mut c)
+                        .await?;
+                    redis::cmd("HGET").arg(hold_key(id)).arg("owner").query_async(&mut c).await
+                })
+                .await?;
+                owners.extend(owner);
+            }
+            for owner in owners {
+                self.holds_changed(dep, &owner).await;
+            }
             Ok(((), Vec::new()))
         })
         .await
     }
 
-    /// Ends a purchased hold once its tickets (`seats`) are committed: its seats now show as
-    /// sold. They are published even if the hold is gone already (settled by a sweeper, or lost
+    /// Ends purchased holds once their tickets (`seats`) are committed: the seats now show as
+    /// sold. They are published even if a hold is gone already (settled by a sweeper, or lost
     /// with a Redis crash): the map must show the sale either way.
-    pub async fn complete_purchase(&self, dep: i64, hold_id: &str, seats: &[String]) -> Result<(), BookingError> {
-        self.transition(dep, &unattended(), || async {
-            match self.end(dep, hold_id, "", "complete").await {
-                Ok(_) | Err(BookingError::HoldExpired) => Ok(((), seats.to_vec())),
-                Err(e) => Err(e),
-            }
+    pub async fn complete_purchase(&self, dep: i64, hold_ids: &[String], seats: &[String]) -> Result<(), BookingError> {
+        let owners = self
+            .transition(dep, &unattended(), || async {
+                let mut owners = HashSet::new();
+                for id in hold_ids {
+                    match self.end(dep, id, "", "complete").await {
+                        Ok((_, owner)) => {
+                            owners.insert(owner);
+                        }
+                        Err(BookingError::HoldExpired) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok((owners, seats.to_vec()))
+            })
+            .await?;
+        for owner in owners {
+            self.user_holds_changed(&owner).await;
+        }
+        Ok(())
+    }
+
+    /// The holds of a user, soonest expiry first (`seats.user.<sub>.holds`).
+    pub async fn user_holds(&self, owner: &str) -> Result<Vec<Hold>, BookingError> {
+        let key = user_holds_key(owner);
+        let ids: Vec<String> = retry_once(&self.inner.redis, |mut c| {
+            let key = key.clone();
+            async move { redis::cmd("HKEYS").arg(key).query_async(&mut c).await }
         })
-        .await
+        .await?;
+        self.load_holds(ids).await
+    }
+
+    /// The holds on a departure, soonest expiry first (`seats.departure.<id>.holds`, operators).
+    pub async fn departure_holds(&self, dep: i64) -> Result<Vec<Hold>, BookingError> {
+        let ids: Vec<String> = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("HVALS").arg(held_key(dep)).query_async(&mut c).await
+        })
+        .await?;
+        let unique: std::collections::BTreeSet<String> = ids.into_iter().collect();
+        self.load_holds(unique.into_iter().collect()).await
+    }
+
+    async fn load_holds(&self, ids: Vec<String>) -> Result<Vec<Hold>, BookingError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET").arg(hold_key(id)).arg("owner").arg("dep").arg("seats").arg("expires").arg("state");
+        }
+        let pipe = &pipe;
+        let rows: Vec<Vec<Option<String>>> =
+            retry_once(&self.inner.redis, |mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let mut holds: Vec<Hold> = ids
+            .into_iter()
+            .zip(rows)
+            .filter_map(|(id, r)| {
+                let [owner, dep, seats, expires, state] = <[Option<String>; 5]>::try_from(r).ok()?;
+                Some(Hold {
+                    hold_id: id,
+                    departure_id: dep?.parse().ok()?,
+                    owner: owner?,
+                    seats: split_seats(&seats?),
+                    expires_at: expires?.parse().ok()?,
+                    state: state?,
+                })
+            })
+            .collect();
+        holds.sort_by(|a, b| (a.expires_at, &a.hold_id).cmp(&(b.expires_at, &b.hold_id)));
+        Ok(holds)
+    }
+
+    /// Publishes the holds of `owner` and of `dep` after a hold was taken or its state changed;
+    /// called inside the departure's transition, before its seat events, so a page learns that
+    /// a seat is its own before it sees it held.
+    async fn holds_changed(&self, dep: i64, owner: &str) {
+        self.user_holds_changed(owner).await;
+        self.departure_holds_changed(dep).await;
+    }
+
+    /// Publishes the user's holds. Called before the seat events of a new hold and after those
+    /// of an ended one, so a page never sees its own seat as someone else's. The list spans
+    /// departures, so it is read and published under a per-user lock (taken inside departure
+    /// locks only, never the other way round): each value published is newer than the last. A
+    /// failure is logged: the change itself stands, and the gateway re-reads the list after a
+    /// NATS outage.
+    async fn user_holds_changed(&self, owner: &str) {
+        let done = async {
+            let guard = self.inner.locks.acquire(&format!("booking:lock:user:{owner}"), &unattended()).await?;
+            let mine = self.user_holds(owner).await?;
+            let ev = &self.inner.events;
+            let rid = user_holds_rid(owner);
+            ev.change_json(&rid, serde_json::json!({ "holds": res_service::data(&mine) })).await?;
+            ev.flush().await?;
+            if !guard.release().await? {
+                ev.reset(&[rid.as_str()], &[]).await?;
+            }
+            Ok::<_, BookingError>(())
+        };
+        if let Err(e) = done.await {
+            tracing::warn!(owner, error = %e, "the user's holds were not published");
+        }
+    }
+
+    /// Publishes the departure's holds (operators); inside its transition, so in order.
+    async fn departure_holds_changed(&self, dep: i64) {
+        let done = async {
+            let all = self.departure_holds(dep).await?;
+            let value = serde_json::json!({ "holds": res_service::data(&all) });
+            self.inner.events.change_json(&departure_holds_rid(dep), value).await?;
+            Ok::<_, BookingError>(())
+        };
+        if let Err(e) = done.await {
+            tracing::warn!(departure = dep, error = %e, "the departure's holds were not published");
+        }
     }
 
     /// One sweep: frees expired holds and settles purchases past their deadline. Returns the
@@ -762,14 +984,15 @@ impl SeatStore {
             let freed = self
                 .transition(dep, &unattended(), || async {
                     match self.end(dep, &id, "", "expire").await {
-                        Ok(seats) => Ok((true, seats)),
+                        Ok((seats, owner)) => Ok((Some(owner), seats)),
                         // Another instance expired it first, or it was released or bought.
-                        Err(BookingError::HoldExpired | BookingError::PurchaseInProgress) => Ok((false, Vec::new())),
+                        Err(BookingError::HoldExpired | BookingError::PurchaseInProgress) => Ok((None, Vec::new())),
                         Err(e) => Err(e),
                     }
                 })
                 .await?;
-            if freed {
+            if let Some(owner) = freed {
+                self.user_holds_changed(&owner).await;
                 expired += 1;
                 self.inner.metrics.holds_expired.inc();
             }
@@ -782,7 +1005,7 @@ impl SeatStore {
                 .get()
                 .await?
                 .query(
-                    "SELECT t.seat_id FROM orders o JOIN tickets t ON t.order_id = o.id WHERE o.hold_id = $1",
+                    "SELECT t.seat_id FROM order_holds h JOIN tickets t ON t.order_id = h.order_id WHERE h.hold_id = $1",
                     &[&id],
                 )
                 .await?
@@ -790,10 +1013,11 @@ impl SeatStore {
                 .map(|r| r.get(0))
                 .collect();
             tracing::warn!(hold = %id, departure = dep, sold = !sold.is_empty(), "settling a purchase past its deadline");
+            let ids = [id];
             if sold.is_empty() {
-                self.abort_purchase(dep, &id).await?;
+                self.abort_purchase(dep, &ids).await?;
             } else {
-                self.complete_purchase(dep, &id, &sold).await?;
+                self.complete_purchase(dep, &ids, &sold).await?;
             }
         }
         let active: i64 = retry_once(&self.inner.redis, |mut c| async move {
@@ -900,5 +1124,26 @@ impl SeatStore {
                 tracing::warn!(error = %e, "hold sweep failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seat_features;
+
+    #[test]
+    fn features_follow_the_place_in_the_car() {
+        let four: Vec<String> = "ABCD".chars().map(String::from).collect();
+        let three: Vec<String> = "ABC".chars().map(String::from).collect();
+        assert_eq!(seat_features(&four, 14, 1, "A"), ["window"]);
+        assert_eq!(seat_features(&four, 14, 1, "B"), ["aisle"]);
+        assert_eq!(seat_features(&four, 14, 7, "C"), ["aisle", "table"]);
+        assert_eq!(seat_features(&four, 14, 8, "D"), ["window", "table"]);
+        assert!(seat_features(&four, 14, 9, "D").len() == 1);
+        // Three across is A | B C: A sits alone, by the window and the aisle.
+        assert_eq!(seat_features(&three, 10, 1, "A"), ["window", "aisle"]);
+        assert_eq!(seat_features(&three, 10, 5, "B"), ["aisle", "table"]);
+        assert_eq!(seat_features(&three, 10, 2, "C"), ["window"]);
+        assert!(seat_features(&three, 10, 2, "Z").is_empty());
     }
 }

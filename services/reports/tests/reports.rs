@@ -16,6 +16,7 @@ fn holds() -> HoldConfig {
         max_seats_per_hold: 4,
         purchase_timeout_secs: 30,
         sweep_interval_ms: 200,
+        max_held_seats_per_user: 100,
         ..HoldConfig::default()
     }
 }

@@ -44,9 +44,23 @@ fn access(req: &res_service::Request, methods: &str) -> res_service::Access {
     res_service::access(true, if caller(req).is_some() { methods } else { "" })
 }
 
+/// Read access for the user `sub` themself or an operator.
+fn own_or_operator(req: &res_service::Request, sub: &str) -> res_service::Access {
+    res_service::access(caller(req).is_some_and(|c| c.sub == sub || c.is_operator()), "")
+}
+
+fn operator_only(req: &res_service::Request) -> res_service::Access {
+    res_service::access(caller(req).is_some_and(|c| c.is_operator()), "")
+}
+
+fn holds_model(holds: &[booking_core::seatmap::Hold]) -> serde_json::Value {
+    serde_json::json!({ "holds": res_service::data(holds) })
+}
+
 /// Builds the RES service over a seat store.
 pub fn service(store: SeatStore) -> Service {
-    let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store);
+    let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store.clone());
+    let (s6, s7) = (store.clone(), store);
     Service::new("seats")
         .handle(
             "seats.departure.$id",
@@ -112,6 +126,26 @@ pub fn service(store: SeatStore) -> Service {
                     Resource::model(store.snapshot(dep).await?.counts())
                 }
             }),
+        )
+        .handle(
+            "seats.departure.$id.holds",
+            Handler::new().access(|req| async move { Ok::<_, ResError>(operator_only(&req)) }).get(move |req| {
+                let store = s6.clone();
+                async move {
+                    let dep: i64 = req.path_as("id")?;
+                    store.departure(dep).await?;
+                    Resource::model(holds_model(&store.departure_holds(dep).await?))
+                }
+            }),
+        )
+        .handle(
+            "seats.user.$sub.holds",
+            Handler::new().access(|req| async move { Ok::<_, ResError>(own_or_operator(&req, req.path("sub"))) }).get(
+                move |req| {
+                    let store = s7.clone();
+                    async move { Resource::model(holds_model(&store.user_holds(req.path("sub")).await?)) }
+                },
+            ),
         )
 }
 

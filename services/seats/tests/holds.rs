@@ -12,6 +12,7 @@ fn holds(ttl_secs: u64) -> HoldConfig {
         max_seats_per_hold: 4,
         purchase_timeout_secs: 30,
         sweep_interval_ms: 100,
+        max_held_seats_per_user: 100,
         ..HoldConfig::default()
     }
 }
@@ -159,6 +160,7 @@ async fn purchases_interrupted_by_a_crash_are_settled_by_the_sweeper() {
         max_seats_per_hold: 4,
         purchase_timeout_secs: 3,
         sweep_interval_ms: 100,
+        max_held_seats_per_user: 100,
         ..HoldConfig::default()
     };
     // The seats service runs throughout: its sweeper settles what the crashed instance left.
@@ -179,12 +181,13 @@ async fn purchases_interrupted_by_a_crash_are_settled_by_the_sweeper() {
     );
     let unpaid = crashed.hold(dep, "ann", vec!["1-01A".into()], None, &unattended()).await.unwrap();
     let paid = crashed.hold(dep, "ann", vec!["1-01B".into()], None, &unattended()).await.unwrap();
-    crashed.begin_purchase(dep, &unpaid.hold_id, "ann", &unattended()).await.unwrap();
-    crashed.begin_purchase(dep, &paid.hold_id, "ann", &unattended()).await.unwrap();
+    crashed.begin_purchase(dep, std::slice::from_ref(&unpaid.hold_id), "ann", &unattended()).await.unwrap();
+    crashed.begin_purchase(dep, std::slice::from_ref(&paid.hold_id), "ann", &unattended()).await.unwrap();
     let db = env.pool().get().await.unwrap();
     db.batch_execute(&format!(
         "INSERT INTO orders (id, user_id, departure_id, hold_id, status, total_cents, currency, payment_ref, idempotency_key)
-           VALUES ('ocrash', 'ann', {dep}, '{}', 'placed', 2410, 'EUR', 'test_ch_x', 'k');
+           VALUES ('ocrash', 'ann', {dep}, '{0}', 'placed', 2410, 'EUR', 'test_ch_x', 'k');
+         INSERT INTO order_holds (hold_id, order_id) VALUES ('{0}', 'ocrash');
          INSERT INTO tickets (id, order_id, departure_id, seat_id, class, price_cents, status)
            VALUES ('tcrash', 'ocrash', {dep}, '1-01B', 2, 2410, 'active');",
         paid.hold_id

@@ -1,7 +1,8 @@
 //! Purchase and cancellation.
 //!
-//! Purchase: (1) an idempotent replay returns the order already placed with the key; (2) the hold
-//! is checked (the caller's, active, unexpired) and frozen against expiry; (3) the price is quoted
+//! Purchase (one checkout: one or several holds of a departure, one order, one charge): (1) an
+//! idempotent replay returns the order already placed with the key; (2) the holds are checked
+//! (the caller's, active, unexpired) and frozen against expiry, all or none; (3) the price is quoted
 //! by the fare rule and charged; a decline puts the hold back; (4) order and tickets are inserted
 //! in one transaction with the `booking.events.order.placed` outbox row, where the partial unique
 //! index rules out a double sale, and the order is added to the owner's and the operators' lists;
@@ -53,9 +54,45 @@ pub fn user_rid(sub: &str) -> String {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PurchaseParams {
     pub departure_id: i64,
-    pub hold_id: String,
+    /// One hold, or several of one departure in `hold_ids` (one checkout, one order).
+    #[serde(default)]
+    pub hold_id: Option<String>,
+    #[serde(default)]
+    pub hold_ids: Option<Vec<String>>,
     pub card_number: String,
     pub idempotency_key: String,
+}
+
+impl PurchaseParams {
+    /// The holds to buy, sorted: exactly one of `holdId` and `holdIds`, 1 to 8 distinct IDs.
+    pub fn holds(&self) -> Result<Vec<String>, BookingError> {
+        let mut ids = match (&self.hold_id, &self.hold_ids) {
+            (Some(id), None) => vec![id.clone()],
+            (None, Some(ids)) => ids.clone(),
+            _ => return Err(BookingError::InvalidParams("give holdId or holdIds".into())),
+        };
+        ids.sort();
+        ids.dedup();
+        if ids.is_empty() || ids.len() > 8 || ids.len() != self.hold_ids.as_ref().map_or(1, Vec::len) {
+            return Err(BookingError::InvalidParams("holdIds must be 1 to 8 distinct hold IDs".into()));
+        }
+        Ok(ids)
+    }
+
+    /// The payment provider's idempotency key: this attempt's content (user, client key, holds,
+    /// card), so a retry of the same attempt (a timeout, a lost reply) is charged at most once,
+    /// while another card, even under the same client key, is a new attempt and not answered
+    /// with the first card's stored outcome (an invalid number, a decline).
+    fn charge_key(&self, user: &str, holds: &[String]) -> String {
+        use sha2::Digest;
+        let card: String = self.card_number.chars().filter(|c| !c.is_whitespace()).collect();
+        let mut h = sha2::Sha256::new();
+        for part in [user, self.idempotency_key.as_str(), &holds.join(","), &card] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -74,7 +111,10 @@ pub struct Order {
     pub id: String,
     pub user_id: String,
     pub departure_id: i64,
+    /// The first of `hold_ids`.
     pub hold_id: String,
+    /// The holds this order bought (sorted).
+    pub hold_ids: Vec<String>,
     pub status: String,
     pub total_cents: i64,
     pub currency: String,
@@ -191,11 +231,18 @@ impl Orders {
             .iter()
             .map(|t| Ticket { id: t.get(0), seat: t.get(1), class: t.get(2), price_cents: t.get(3), status: t.get(4) })
             .collect();
+        let hold_ids = client
+            .query("SELECT hold_id FROM order_holds WHERE order_id = $1 ORDER BY hold_id", &[&id])
+            .await?
+            .iter()
+            .map(|h| h.get(0))
+            .collect();
         Ok(Some(Order {
             id: r.get(0),
             user_id: r.get(1),
             departure_id: r.get(2),
             hold_id: r.get(3),
+            hold_ids,
             status: r.get(4),
             total_cents: r.get(5),
             currency: r.get(6),
@@ -229,43 +276,47 @@ impl Orders {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    fn replay(existing: Order, p: &PurchaseParams) -> Result<Order, BookingError> {
-        if existing.hold_id != p.hold_id {
+    fn replay(existing: Order, holds: &[String]) -> Result<Order, BookingError> {
+        if existing.hold_ids != holds {
             return Err(BookingError::InvalidParams("idempotencyKey was already used for another hold".into()));
         }
         Ok(existing)
     }
 
-    /// Buys the caller's hold. The caller is asked to wait [`CALL_BUDGET`]; a purchase that
+    /// Buys the caller's holds (one checkout). The caller is asked to wait [`CALL_BUDGET`]; a purchase that
     /// cannot commit before its deadline is undone (refund, hold back to active): `booking.busy`.
     pub async fn purchase(&self, who: &Claims, p: PurchaseParams, deadline: &Deadline) -> Result<Order, BookingError> {
         if p.idempotency_key.is_empty() || p.idempotency_key.len() > 128 {
             return Err(BookingError::InvalidParams("idempotencyKey must have 1 to 128 characters".into()));
         }
+        let hold_ids = p.holds()?;
         if let Some(existing) = self.by_key(&who.sub, &p.idempotency_key).await? {
-            return Self::replay(existing, &p);
+            return Self::replay(existing, &hold_ids);
         }
         let dep = p.departure_id;
         deadline.extend(CALL_BUDGET).await;
-        let hold = match self.store.begin_purchase(dep, &p.hold_id, &who.sub, deadline).await {
+        let holds = match self.store.begin_purchase(dep, &hold_ids, &who.sub, deadline).await {
             Ok(h) => h,
             Err(e @ (BookingError::HoldExpired | BookingError::PurchaseInProgress)) => {
                 // A twin request with the same key may have bought the hold meanwhile.
                 if let Some(existing) = self.by_key(&who.sub, &p.idempotency_key).await? {
-                    return Self::replay(existing, &p);
+                    return Self::replay(existing, &hold_ids);
                 }
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
-        match self.pay_and_place(who, &p, &hold.seats, deadline).await {
+        // Tickets in seat order, as a read of the order lists them.
+        let mut seats: Vec<String> = holds.iter().flat_map(|h| h.seats.iter().cloned()).collect();
+        seats.sort();
+        match self.pay_and_place(who, &p, &hold_ids, &seats, deadline).await {
             Ok((order, listed)) => {
                 // Committed: the answer is success whatever follows; what fails here the settler
                 // carries out (the order stays unsettled).
                 self.metrics.order("placed");
                 self.metrics.seats_sold.inc_by(order.tickets.len() as u64);
                 let sold: Vec<String> = order.tickets.iter().map(|t| t.seat.clone()).collect();
-                let completed = self.store.complete_purchase(dep, &hold.hold_id, &sold).await;
+                let completed = self.store.complete_purchase(dep, &hold_ids, &sold).await;
                 if let Err(e) = &completed {
                     tracing::warn!(error = %e, order = %order.id, "completing the hold failed; the settler retries");
                 }
@@ -275,8 +326,8 @@ impl Orders {
                 Ok(order)
             }
             Err(e) => {
-                if let Err(abort) = self.store.abort_purchase(dep, &hold.hold_id).await {
-                    tracing::warn!(error = %abort, hold = %hold.hold_id, "abort purchase failed; the sweeper settles it");
+                if let Err(abort) = self.store.abort_purchase(dep, &hold_ids).await {
+                    tracing::warn!(error = %abort, holds = ?hold_ids, "abort purchase failed; the sweeper settles it");
                 }
                 Err(e)
             }
@@ -288,6 +339,7 @@ impl Orders {
         &self,
         who: &Claims,
         p: &PurchaseParams,
+        hold_ids: &[String],
         seats: &[String],
         deadline: &Deadline,
     ) -> Result<(Order, bool), BookingError> {
@@ -315,7 +367,7 @@ impl Orders {
             amount_cents: total,
             currency: CURRENCY.into(),
             card_number: p.card_number.clone(),
-            idempotency_key: format!("{}:{}", who.sub, p.idempotency_key),
+            idempotency_key: p.charge_key(&who.sub, hold_ids),
             description: format!("departure {dep}, seats {}", seats.join(" ")),
         };
         let payment = match self.payments.charge(charge).await {
@@ -334,7 +386,8 @@ impl Orders {
             id: order_id,
             user_id: who.sub.clone(),
             departure_id: dep,
-            hold_id: p.hold_id.clone(),
+            hold_id: hold_ids[0].clone(),
+            hold_ids: hold_ids.to_vec(),
             status: "placed".into(),
             total_cents: total,
             currency: CURRENCY.into(),
@@ -366,7 +419,8 @@ impl Orders {
         if let Err(e) = inserted {
             drop(guard);
             let twin = matches!(&e, BookingError::Db(db)
-                if is_unique_violation(db, "orders_user_id_idempotency_key_key") || is_unique_violation(db, "orders_hold_id_key"));
+                if is_unique_violation(db, "orders_user_id_idempotency_key_key") || is_unique_violation(db, "orders_hold_id_key")
+                    || is_unique_violation(db, "order_holds_pkey"));
             if twin {
                 // Another request with the same key or hold won; the provider charged once for
                 // the key, and that charge belongs to the winner: no refund here.
@@ -380,7 +434,7 @@ impl Orders {
             // what the database holds. Unknown (unreachable): no refund, the client retries with
             // its key (no second charge) and learns the outcome.
             return match self.by_key(&who.sub, &p.idempotency_key).await {
-                Ok(Some(committed)) if committed.hold_id == p.hold_id => Ok((committed, false)),
+                Ok(Some(committed)) if committed.hold_ids == hold_ids => Ok((committed, false)),
                 Ok(_) => {
                     self.refund_unsold(&payment.reference, total).await;
                     Err(e)
@@ -443,6 +497,9 @@ impl Orders {
             )
             .await?;
         order.created_at = row.get(0);
+        for h in &order.hold_ids {
+            tx.execute("INSERT INTO order_holds (hold_id, order_id) VALUES ($1, $2)", &[h, &order.id]).await?;
+        }
         for t in &order.tickets {
             tx.execute(
                 "INSERT INTO tickets (id, order_id, departure_id, seat_id, class, price_cents, status) VALUES ($1, $2, $3, $4, $5, $6, 'active')",
@@ -598,7 +655,7 @@ impl Orders {
             tracing::warn!(order = %order.id, status = %order.status, "settling an order its request left unsettled");
             let dep = order.departure_id;
             let sold: Vec<String> = order.tickets.iter().map(|t| t.seat.clone()).collect();
-            self.store.complete_purchase(dep, &order.hold_id, &sold).await?;
+            self.store.complete_purchase(dep, &order.hold_ids, &sold).await?;
             if order.status == "cancelled" {
                 self.store.republish(dep, order.tickets.iter().map(|t| t.seat.clone()).collect()).await?;
                 if !self.refund(&order).await {

@@ -68,6 +68,11 @@ pub struct TestProvider {
 }
 
 impl TestProvider {
+    /// Approved charges so far (each idempotency key charged once).
+    pub fn approved_charges(&self) -> usize {
+        self.charges.lock().values().filter(|c| c.is_ok()).count()
+    }
+
     pub fn refunded(&self, reference: &str) -> Option<i64> {
         self.refunds.lock().get(reference).copied()
     }

@@ -21,6 +21,7 @@ fn holds(ttl_secs: u64) -> HoldConfig {
         max_seats_per_hold: 4,
         purchase_timeout_secs: 30,
         sweep_interval_ms: 100,
+        max_held_seats_per_user: 100,
         ..HoldConfig::default()
     }
 }

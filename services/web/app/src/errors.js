@@ -16,6 +16,7 @@ const MESSAGES = {
   'system.invalidParams': 'The request was not valid.',
   'system.invalidQuery': 'Please check origin, destination and date.',
   'system.timeout': 'The service did not answer in time. Please try again.',
+  'client.timeout': 'The booking service did not answer in time. Please try again.',
   'system.connectionError': 'No connection to the server. Retrying…',
   'system.disconnected': 'Connection lost. Reconnecting…',
   'system.internalError': 'Something went wrong on our side. Please try again.',
@@ -41,6 +42,7 @@ export function errorMessage(err) {
     const seats = err.data?.seats?.join(', ') || String(err.message || '').split(':')[1]?.trim();
     return seats ? `Sorry, seat ${seats} was just taken by someone else.` : MESSAGES[code];
   }
+  if (code === 'booking.tooManySeats' && err.data?.cap) return `You can hold at most ${err.data.cap} seats at once (you hold ${err.data.held}). Pay for or release some first.`;
   if (code === 'system.invalidParams' && err.message) return `Invalid input: ${err.message}`;
   return MESSAGES[code] || err?.message || String(err);
 }

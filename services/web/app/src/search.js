@@ -2,7 +2,7 @@
 
 import { h, render } from './dom.js';
 import { money, time, duration, todayIso, date } from './format.js';
-import { showError } from './ui.js';
+import { failed, loading, logError, showError } from './ui.js';
 
 export class SearchView {
   constructor(session, { onOpen }) {
@@ -15,12 +15,15 @@ export class SearchView {
   }
 
   async mount(initial) {
+    render(this.form, h('h1', { id: 'search-h' }, 'Find a train'), loading('Loading stations…'));
     let stations = [];
     try {
       const coll = await this.session.get('catalog.stations');
       stations = coll.toArray();
     } catch (e) {
-      showError(e);
+      logError('loading stations', e);
+      render(this.form, h('h1', { id: 'search-h' }, 'Find a train'), failed('The stations could not be loaded.', e, () => this.mount(initial)));
+      return;
     }
     const options = (sel) =>
       stations.map((s) => h('option', { value: s.id, selected: s.id === sel }, s.name));
@@ -30,7 +33,7 @@ export class SearchView {
     const swap = h('button', { type: 'button', class: 'btn btn-ghost swap', 'aria-label': 'Swap origin and destination', onclick: () => ([from.value, to.value] = [to.value, from.value]) }, '⇄');
     render(
       this.form,
-      h('h2', { id: 'search-h' }, 'Find a train'),
+      h('h1', { id: 'search-h' }, 'Find a train'),
       h(
         'form',
         {
@@ -71,7 +74,7 @@ export class SearchView {
       window.history.pushState(null, '', url);
     }
     this.results.hidden = false;
-    render(this.results, h('h2', { id: 'results-h' }, 'Departures'), h('p', { class: 'muted' }, 'Searching…'));
+    render(this.results, h('h2', { id: 'results-h' }, 'Departures'), loading('Searching…'));
     this.#unlisten();
     const rid = `catalog.departures?${new URLSearchParams(q).toString()}`;
     try {
@@ -85,8 +88,8 @@ export class SearchView {
       }
       redraw();
     } catch (e) {
-      render(this.results, h('h2', { id: 'results-h' }, 'Departures'), h('p', { class: 'muted' }, 'No results.'));
-      showError(e);
+      render(this.results, h('h2', { id: 'results-h' }, 'Departures'), failed('The search failed.', e, () => this.search(q, false)));
+      logError('search', e);
     }
   }
 

@@ -8,12 +8,33 @@
 // so at most one refresh runs at a time, a failed one is retried while it can still succeed, and
 // an access token that expires is renewed with the refresh token instead of signing the user out.
 // The user is signed out only when the issuer refuses the refresh token.
+//
+// The sign-in is shared by every tab of the browser (localStorage): one tab's refresh is used by
+// the others (storage events), refreshes of all tabs run one at a time (a Web Lock) and each
+// first looks whether another tab has just refreshed, and signing out in one tab signs out all.
 
 import { ErrorResponse, UserManager, WebStorageStateStore } from 'oidc-client-ts';
 import ResClient from 'resclient';
 import { Emitter } from './dom.js';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** How long a request may go unanswered before the user is told (a frozen gateway). */
+export const CALL_TIMEOUT_MS = 10_000;
+
+/** `p`, or a `client.timeout` error after `ms`. */
+function timed(p, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(Object.assign(new Error(`${what}: no answer within ${ms / 1000} s`), { code: 'client.timeout' })), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Runs `fn` holding the browser-wide token lock (all tabs of this origin), if there is one. */
+function withTokenLock(fn) {
+  return navigator.locks ? navigator.locks.request('booking-token-refresh', fn) : fn();
+}
 
 /** The issuer refused the refresh (invalid_grant: expired, revoked, session ended...). */
 function refused(e) {
@@ -34,7 +55,7 @@ export class Session extends Emitter {
       response_type: 'code',
       scope: 'openid profile email',
       automaticSilentRenew: false, // see #renew
-      userStore: new WebStorageStateStore({ store: window.sessionStorage }),
+      userStore: new WebStorageStateStore({ store: window.localStorage }),
       stateStore: new WebStorageStateStore({ store: window.sessionStorage }),
     });
     /** @type {import('oidc-client-ts').User | null} */
@@ -61,7 +82,8 @@ export class Session extends Emitter {
       this.authenticated = false;
       this.emit('connection', { connected: false });
     });
-    this.client.on('error', (err) => console.warn('resclient error', err));
+    this.client.on('error', (err) => console.warn('[booking] connection error', err));
+    window.addEventListener('storage', (e) => this.#otherTab(e));
 
     this.oidc.events.addUserLoaded((user) => {
       // Signed in, or token refreshed: re-authenticate in-band with the new access token.
@@ -104,7 +126,7 @@ export class Session extends Emitter {
     for (let attempt = 0; ; attempt++) {
       if (!this.user?.refresh_token) throw new Error('not signed in');
       try {
-        return await this.oidc.signinSilent();
+        return await withTokenLock(() => this.#refreshOrAdopt());
       } catch (e) {
         if (!this.user) throw e; // signed out meanwhile
         if (refused(e)) {
@@ -124,6 +146,52 @@ export class Session extends Emitter {
         await sleep(Math.min(1000 * 2 ** attempt, 15000));
       }
     }
+  }
+
+  /** Inside the cross-tab lock: a token another tab refreshed meanwhile, or a refresh. */
+  async #refreshOrAdopt() {
+    const stored = await this.oidc.getUser();
+    if (stored && !stored.expired && this.user && stored.access_token !== this.user.access_token && (stored.expires_at ?? 0) >= (this.user.expires_at ?? 0)) {
+      this.user = stored;
+      this.#authenticate('refresh');
+      return stored;
+    }
+    return this.oidc.signinSilent();
+  }
+
+  /** Another tab signed in, refreshed or signed out (the shared user store changed). */
+  async #otherTab(e) {
+    if (e.storageArea !== window.localStorage || !e.key?.startsWith('oidc.user:')) return;
+    if (!e.newValue) {
+      if (this.user) {
+        this.#dropUser();
+        this.emit('error', { code: 'session.signedOutElsewhere', message: 'You signed out in another tab.' });
+      }
+      return;
+    }
+    const stored = await this.oidc.getUser();
+    if (!stored || stored.expired || stored.access_token === this.user?.access_token) return;
+    const first = !this.user;
+    this.user = stored;
+    if (first) this.emit('user', this.user);
+    this.#authenticate('refresh');
+  }
+
+  /** Roles from the access token (realm and client roles, as the services see them). */
+  get roles() {
+    try {
+      const b64 = this.user.access_token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      const claims = JSON.parse(atob(b64));
+      const roles = new Set(claims.realm_access?.roles || []);
+      for (const c of Object.values(claims.resource_access || {})) for (const r of c.roles || []) roles.add(r);
+      return roles;
+    } catch {
+      return new Set();
+    }
+  }
+
+  get isOperator() {
+    return this.roles.has('operator');
   }
 
   /** Completes a sign-in redirect if this is one; loads a stored user. Returns the path to show. */
@@ -149,12 +217,12 @@ export class Session extends Emitter {
       else if (user) await this.oidc.removeUser();
     }
     this.emit('user', this.user);
-    try {
-      await this.client.connect();
-    } catch (e) {
+    // A gateway that accepts the socket but never answers (frozen) must not keep the page blank:
+    // the views load with their own timeouts and error states.
+    timed(this.client.connect(), CALL_TIMEOUT_MS, 'connect').catch((e) => {
       // resclient keeps retrying while resources are subscribed; the banner shows the state.
-      console.warn('connect failed', e);
-    }
+      console.warn('[booking] connect failed', e);
+    });
     return returnTo;
   }
 
@@ -254,11 +322,30 @@ export class Session extends Emitter {
     });
   }
 
-  get(rid) {
-    return this.client.get(rid);
+  /** A resource, or `client.timeout` if the gateway does not answer in time. */
+  get(rid, timeoutMs = CALL_TIMEOUT_MS) {
+    return this.#track(timed(this.client.get(rid), timeoutMs, `get ${rid}`));
   }
 
-  call(rid, method, params) {
-    return this.client.call(rid, method, params);
+  /**
+   * A call, or `client.timeout` if the gateway does not answer in time (its outcome is then
+   * unknown: the live resources show it when the gateway answers again).
+   */
+  call(rid, method, params, timeoutMs = CALL_TIMEOUT_MS) {
+    return this.#track(timed(this.client.call(rid, method, params), timeoutMs, `${method} ${rid}`));
+  }
+
+  /** Tells the connection banner whether the gateway answers (a frozen one keeps the socket). */
+  #track(p) {
+    return p.then(
+      (v) => {
+        this.emit('answered');
+        return v;
+      },
+      (e) => {
+        this.emit(e?.code === 'client.timeout' ? 'unanswered' : 'answered');
+        throw e;
+      },
+    );
   }
 }
