@@ -5,14 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-fn node_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resclient_gets_model_receives_change_and_calls() {
@@ -28,28 +21,9 @@ async fn resclient_over_permessage_deflate() {
 }
 
 async fn resclient_round(compression: bool) {
-    let dir = node_dir();
-    assert!(
-        std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
-        "`node` not found: run ./setup.sh (installs nodejs and the npm dependencies)"
-    );
-    assert!(
-        dir.join("node_modules/resclient").is_dir() && dir.join("node_modules/ws").is_dir(),
-        "{}/node_modules missing: run ./setup.sh (npm ci in tests/node)",
-        dir.display()
-    );
     let mut env = TestEnv::start_with(|c| c.ws_compression = compression).await;
-    let mut child = tokio::process::Command::new("node")
-        .arg("script.js")
-        .arg(env.ws_url())
-        .arg(if compression { "big" } else { "small" })
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = env.ws_url();
+    let (mut child, mut lines) = spawn_node("script.js", &[&url, if compression { "big" } else { "small" }]);
     let mut next_line = async || -> Value {
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
             .await

@@ -10,10 +10,7 @@ use common::gores::*;
 use common::*;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn start<E: Example>(example: E) -> (TestEnv, GoRes<E>) {
     let env = TestEnv::start_custom(|_| {}, &[]).await;
@@ -23,27 +20,8 @@ async fn start<E: Example>(example: E) -> (TestEnv, GoRes<E>) {
 
 /// Runs `node dropin.js <url> <scenario>` to its end; returns its output lines.
 async fn resclient(env: &TestEnv, scenario: &str) -> Vec<Value> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node");
-    assert!(
-        std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
-        "`node` not found: run ./setup.sh (installs nodejs and the npm dependencies)"
-    );
-    assert!(
-        dir.join("node_modules/resclient").is_dir(),
-        "{}/node_modules missing: run ./setup.sh (npm ci in tests/node)",
-        dir.display()
-    );
-    let mut child = tokio::process::Command::new("node")
-        .arg("dropin.js")
-        .arg(env.ws_url())
-        .arg(scenario)
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = env.ws_url();
+    let (mut child, mut lines) = spawn_node("dropin.js", &[&url, scenario]);
     let mut got = Vec::new();
     loop {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())

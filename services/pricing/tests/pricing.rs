@@ -26,9 +26,11 @@ async fn price_follows_occupancy_once_per_move_with_two_instances() {
     let small = call(&c, &map, "hold", Some(&u), serde_json::json!({"seats": ["1-01A", "1-01B"]})).await.unwrap();
     // 12 of 20: 60 % → demand 116 %.
     let mut holds = Vec::new();
+    // Other customers (one customer may hold at most 8 seats).
     for row in 2..=3 {
         let seats: Vec<String> = ['A', 'B', 'C', 'D'].iter().map(|l| format!("1-0{row}{l}")).collect();
-        holds.push(call(&c, &map, "hold", Some(&u), serde_json::json!({ "seats": seats })).await.unwrap());
+        let other = token(&format!("p{row}"), &["customer"]);
+        holds.push(call(&c, &map, "hold", Some(&other), serde_json::json!({ "seats": seats })).await.unwrap());
     }
     call(&c, &map, "hold", Some(&u), serde_json::json!({"seats": ["1-01C", "1-01D"]})).await.unwrap();
     assert!(sub.wait_for(Duration::from_secs(5), |m| m["secondCents"] == 2800).await, "{:?}", sub.model);

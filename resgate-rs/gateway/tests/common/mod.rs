@@ -397,6 +397,36 @@ pub enum Incoming {
     Ended(String),
 }
 
+/// `node <script> <args…>` in `tests/node` (the real npm resclient over `ws`), killed on drop,
+/// and its stdout lines. Fails with what to run when node or the npm dependencies are missing.
+pub fn spawn_node(
+    script: &str,
+    args: &[&str],
+) -> (tokio::process::Child, tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>) {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    assert!(
+        std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "`node` not found: run ./setup.sh (installs nodejs and the npm dependencies)"
+    );
+    assert!(
+        dir.join("node_modules/resclient").is_dir() && dir.join("node_modules/ws").is_dir(),
+        "{}/node_modules missing: run ./setup.sh (npm ci in tests/node)",
+        dir.display()
+    );
+    let mut child = tokio::process::Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let lines = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    (child, lines)
+}
+
 /// Returns once the server has processed everything this client sent before (subscriptions
 /// included): a flush only hands the bytes to the socket, and a request another connection
 /// sends right after could otherwise meet no interest yet ("no responders").
