@@ -270,7 +270,7 @@ export function ensureArtifacts() {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
 }
 
-/** A second tab of the same browser profile (context): shares the sign-in (localStorage). */
+/** A second tab of the same browser profile (context): shares the sign-in (IndexedDB). */
 export async function anotherTab(context) {
   const page = await context.newPage();
   page.on('dialog', (d) => d.accept());
@@ -303,15 +303,22 @@ export async function shotsBothSizes(page, name) {
   await page.setViewportSize(was);
 }
 
-/** The access token the app stored for its signed-in user (shared by the tabs). */
+/** The access token the app stored for its signed-in user (shared by the tabs: userstore.js). */
 export async function accessToken(page) {
-  return page.evaluate(() => {
-    for (const store of [localStorage, sessionStorage]) {
-      for (let i = 0; i < store.length; i++) {
-        const k = store.key(i);
-        if (k.startsWith('oidc.user:')) return JSON.parse(store.getItem(k)).access_token;
-      }
-    }
-    return null;
-  });
+  return page.evaluate(() => new Promise((resolve, reject) => {
+    const open = indexedDB.open('booking-session');
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const db = open.result;
+      if (!db.objectStoreNames.contains('oidc')) return resolve(null);
+      const all = db.transaction('oidc').objectStore('oidc').openCursor();
+      all.onerror = () => reject(all.error);
+      all.onsuccess = () => {
+        const c = all.result;
+        if (!c) return resolve(null);
+        if (String(c.key).startsWith('user:')) return resolve(JSON.parse(c.value).access_token);
+        c.continue();
+      };
+    };
+  }));
 }

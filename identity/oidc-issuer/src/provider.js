@@ -277,5 +277,11 @@ export function createProvider({
     }
   });
 
+  // A refused grant is the user's sign-in ending (a reused refresh token revokes the whole
+  // grant): say why, as Keycloak logs REFRESH_TOKEN_ERROR events.
+  provider.on('grant.error', (ctx, err) => {
+    const grantType = ctx.oidc?.params?.grant_type;
+    console.warn(JSON.stringify({ level: 'WARN', message: 'grant refused', grant_type: grantType, error: err.error, detail: err.error_detail ?? err.message }));
+  });
   return provider;
 }

@@ -155,10 +155,18 @@ impl Outbox {
             js,
             wake: self.wake.clone(),
             poll: Duration::from_millis(cfg.outbox_poll_ms.max(1)),
-            keep_hours: cfg.outbox_keep_hours as f64,
+            keep: Duration::from_secs(cfg.outbox_keep_hours * 3600),
             metrics,
         }
     }
+}
+
+/// Deletes the rows published more than `keep` ago; returns how many.
+pub async fn purge_published(db: &impl tokio_postgres::GenericClient, keep: Duration) -> Result<u64, OutboxError> {
+    // Seconds as float8: `make_interval(hours => …)` takes an int4, which an f64 or i64
+    // parameter cannot be serialized as.
+    let keep_secs = keep.as_secs_f64();
+    Ok(db.execute("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)", &[&keep_secs]).await?)
 }
 
 /// Publishes the outbox to JetStream while it holds the relay lock.
@@ -167,7 +175,8 @@ pub struct Relay {
     js: jetstream::Context,
     wake: Arc<Notify>,
     poll: Duration,
-    keep_hours: f64,
+    /// How long published rows stay (for inspection) before they are purged.
+    keep: Duration,
     metrics: RelayMetrics,
 }
 
@@ -219,12 +228,7 @@ impl Relay {
                 self.observe(&session, &mut observed).await?;
                 if purged.elapsed() > Duration::from_secs(60) {
                     purged = Instant::now();
-                    session
-                        .execute(
-                            "DELETE FROM outbox WHERE published_at < now() - make_interval(hours => $1)",
-                            &[&self.keep_hours],
-                        )
-                        .await?;
+                    purge_published(&*session, self.keep).await?;
                 }
                 tokio::select! {
                     _ = self.wake.notified() => {}

@@ -393,3 +393,31 @@ async fn a_process_killed_between_commit_and_publish_publishes_after_restart_onc
     let e = call(&c, &rid, "cancel", Some(&alice), serde_json::Value::Null).await.unwrap_err();
     assert_eq!(e.code, "booking.alreadyCancelled");
 }
+
+#[tokio::test]
+async fn published_rows_older_than_the_retention_are_purged_and_no_others() {
+    let env = Env::start().await;
+    let db = env.pool().get().await.unwrap();
+    for (event, published) in [("old", Some("3 hours")), ("recent", Some("10 minutes")), ("unpublished", None)] {
+        let published_at = published.map(|ago| format!("now() - interval '{ago}'")).unwrap_or("NULL".into());
+        db.execute(
+            &format!(
+                "INSERT INTO outbox (event_id, subject, departure_id, departure_seq, payload, published_at)
+                 VALUES ($1, 'booking.events.test', 999001, (SELECT count(*) + 1 FROM outbox WHERE departure_id = 999001), '{{}}', {published_at})"
+            ),
+            &[&format!("purge-{event}")],
+        )
+        .await
+        .unwrap();
+    }
+    let purged = booking_core::outbox::purge_published(&**db, Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(purged, 1);
+    let left: Vec<String> = db
+        .query("SELECT event_id FROM outbox WHERE departure_id = 999001 ORDER BY departure_seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["purge-recent", "purge-unpublished"]);
+}

@@ -9,13 +9,15 @@
 // an access token that expires is renewed with the refresh token instead of signing the user out.
 // The user is signed out only when the issuer refuses the refresh token.
 //
-// The sign-in is shared by every tab of the browser (localStorage): one tab's refresh is used by
-// the others (storage events), refreshes of all tabs run one at a time (a Web Lock) and each
-// first looks whether another tab has just refreshed, and signing out in one tab signs out all.
+// The sign-in is shared by every tab of the browser (IndexedDB, see userstore.js): one tab's
+// refresh is used by the others (a BroadcastChannel), refreshes of all tabs run one at a time (a
+// Web Lock) and each first looks whether another tab has just refreshed, and signing out in one
+// tab signs out all.
 
 import { ErrorResponse, UserManager, WebStorageStateStore } from 'oidc-client-ts';
 import ResClient from 'resclient';
 import { Emitter } from './dom.js';
+import { SharedUserStore } from './userstore.js';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -41,12 +43,29 @@ function refused(e) {
   return e instanceof ErrorResponse && !['server_error', 'temporarily_unavailable'].includes(e.error);
 }
 
+/** Seconds before expiry at which a token is renewed: a quarter of its lifetime, 1 s to 60 s. */
+function renewalLeadSecs(user) {
+  let lifetime = user.expires_in ?? 0;
+  try {
+    const b64 = user.access_token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const { iat, exp } = JSON.parse(atob(b64));
+    if (exp > iat) lifetime = exp - iat;
+  } catch {
+    // an opaque token: the time left is the best guess of its lifetime
+  }
+  return Math.min(60, Math.max(1, lifetime / 4));
+}
+
 export class Session extends Emitter {
+  #user = null;
+  #renewTimer = null;
+
   /** @param {{gatewayUrl: string, oidc: {issuer: string, clientId: string}}} config */
   constructor(config) {
     super();
     this.authRid = config.authRid || 'identity.session';
     const origin = window.location.origin;
+    this.userStore = new SharedUserStore();
     this.oidc = new UserManager({
       authority: config.oidc.issuer,
       client_id: config.oidc.clientId,
@@ -55,11 +74,9 @@ export class Session extends Emitter {
       response_type: 'code',
       scope: 'openid profile email',
       automaticSilentRenew: false, // see #renew
-      userStore: new WebStorageStateStore({ store: window.localStorage }),
+      userStore: this.userStore,
       stateStore: new WebStorageStateStore({ store: window.sessionStorage }),
     });
-    /** @type {import('oidc-client-ts').User | null} */
-    this.user = null;
     this.authenticated = false; // the RES connection carries the current token
     this.connected = false;
     this.everConnected = false;
@@ -83,18 +100,13 @@ export class Session extends Emitter {
       this.emit('connection', { connected: false });
     });
     this.client.on('error', (err) => console.warn('[booking] connection error', err));
-    window.addEventListener('storage', (e) => this.#otherTab(e));
+    this.userStore.onChange((key, value) => this.#otherTab(key, value));
 
     this.oidc.events.addUserLoaded((user) => {
       // Signed in, or token refreshed: re-authenticate in-band with the new access token.
       if (!this.user && !this.signingIn) return; // signed out while a refresh was in flight
       this.user = user;
       this.#authenticate('refresh');
-    });
-    // Raised a minute before expiry (about a second after issue for tokens shorter-lived than
-    // that), and again for each renewed token.
-    this.oidc.events.addAccessTokenExpiring(() => {
-      if (this.user) this.#renew().catch(() => {});
     });
     this.oidc.events.addAccessTokenExpired(() => {
       if (!this.user) return;
@@ -106,6 +118,32 @@ export class Session extends Emitter {
       this.emit('error', { code: 'session.expired', message: 'Your session has expired. Please sign in again.' });
       this.#dropUser();
     });
+  }
+
+  /** @type {import('oidc-client-ts').User | null} */
+  get user() {
+    return this.#user;
+  }
+
+  /**
+   * Every new token schedules its renewal. Not oidc-client-ts' "expiring" event: it fires a
+   * fixed minute before expiry, so a token shorter-lived than that is renewed a second after
+   * issue, over and over; each refresh rotates the refresh token, and a tab closed or reloaded
+   * while one is in flight loses the new one (the issuer then refuses the stored one as reused).
+   * Renewing at three quarters of the lifetime keeps those windows rare.
+   */
+  set user(user) {
+    clearTimeout(this.#renewTimer);
+    this.#renewTimer = null;
+    this.#user = user;
+    if (!user?.refresh_token || !user.expires_at) return;
+    const delayMs = user.expires_at * 1000 - renewalLeadSecs(user) * 1000 - Date.now();
+    // An expired token is renewed by the "expired" event or on resume.
+    if (delayMs > 0) {
+      this.#renewTimer = setTimeout(() => {
+        if (this.user === user) this.#renew().catch(() => {});
+      }, delayMs);
+    }
   }
 
   /**
@@ -150,6 +188,10 @@ export class Session extends Emitter {
 
   /** Inside the cross-tab lock: a token another tab refreshed meanwhile, or a refresh. */
   async #refreshOrAdopt() {
+    // Adopted from another tab while this one waited for the lock: not due yet (a second of
+    // slack, so that a timer firing a little early still renews).
+    const current = this.user;
+    if (current?.expires_at && current.expires_at - Date.now() / 1000 > renewalLeadSecs(current) + 1) return current;
     const stored = await this.oidc.getUser();
     if (stored && !stored.expired && this.user && stored.access_token !== this.user.access_token && (stored.expires_at ?? 0) >= (this.user.expires_at ?? 0)) {
       this.user = stored;
@@ -160,9 +202,9 @@ export class Session extends Emitter {
   }
 
   /** Another tab signed in, refreshed or signed out (the shared user store changed). */
-  async #otherTab(e) {
-    if (e.storageArea !== window.localStorage || !e.key?.startsWith('oidc.user:')) return;
-    if (!e.newValue) {
+  async #otherTab(key, value) {
+    if (!key?.startsWith('user:')) return; // oidc-client-ts' user key (the store holds nothing else)
+    if (!value) {
       if (this.user) {
         this.#dropUser();
         this.emit('error', { code: 'session.signedOutElsewhere', message: 'You signed out in another tab.' });
