@@ -16,7 +16,6 @@ use crate::cache::{Entry, Graph, SubscriberId};
 use crate::event::{Outlet, ResourceEvent};
 use crate::metrics::Metrics;
 use crate::nats::Route;
-use crate::ws;
 use parking_lot::Mutex;
 use res_protocol::ResError;
 use res_protocol::pattern::ResourcePattern;
@@ -242,28 +241,20 @@ impl Outlet for ConnTx {
             // Queued under the lock: the task takes idleness back only with nothing queued.
             return self.queue_event(ev);
         }
-        let frame = ev.frame(&ev.key, d.legacy.load(Ordering::Acquire));
-        let payload = frame.as_bytes();
-        let (header, hlen) = ws::text_header(payload.len());
-        let header = &header[..hlen];
+        let wire = ev.wire_frame(d.legacy.load(Ordering::Acquire));
         let Some(socket) = d.socket.upgrade() else { return false };
-        let written = match socket.try_write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(payload)]) {
+        let written = match socket.try_write(wire) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             // Broken: the task finds out on its next read or write; this event is moot.
             Err(_) => return false,
         };
         d.metrics.direct_deliveries.inc();
-        if written == header.len() + payload.len() {
+        if written == wire.len() {
             return true;
         }
         d.metrics.direct_partial_writes.inc();
-        if written < header.len() {
-            st.rest.extend_from_slice(&header[written..]);
-            st.rest.extend_from_slice(payload);
-        } else {
-            st.rest.extend_from_slice(&payload[written - header.len()..]);
-        }
+        st.rest.extend_from_slice(&wire[written..]);
         st.idle = false;
         drop(st);
         self.send(ConnMsg::Flush)

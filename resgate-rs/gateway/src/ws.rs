@@ -367,8 +367,8 @@ fn encode_text(out: &mut Vec<u8>, payload: &[u8], deflate: bool) {
     });
 }
 
-/// The header of an unfragmented, uncompressed text frame of `len` bytes, on the stack: the
-/// direct path writes it beside the shared payload without copying either.
+/// The header of an unfragmented, unmasked, uncompressed text frame of `len` bytes (server to
+/// client), on the stack.
 pub fn text_header(len: usize) -> ([u8; 10], usize) {
     let mut h = [0u8; 10];
     h[0] = 0x80 | OP_TEXT;
