@@ -21,7 +21,8 @@
 #   BUYERS_B [1000] WATCHERS_B [20000] DEPARTURES_B [50] DURATION [600] CANCEL_PCT_B [100]
 #   THINK_A [200,1000] THINK_B [100,400]: think times in ms; SERVICE_INSTANCES [2]
 #   BUILD [1]: 0 = use the release binaries as they are
-# Results: OUT/<scenario>.json (resbench --json) and OUT/<scenario>.platform.log; the summary
+# Results: OUT/<scenario>.json (resbench --json), OUT/<scenario>.platform.log and
+# OUT/<scenario>.pg_commits (PostgreSQL's commit count before and after); the summary
 # table is printed at the end. A run prints its audit: it must say "clean".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,11 +108,20 @@ run_resbench() {
   shift 2
   local extra=() g
   for ((g = 1; g < gateways; g++)); do extra+=(--also-gateway "127.0.0.1:$((GATEWAY_PORT + g))"); done
+  local commits0
+  commits0=$(pg_commits)
   # shellcheck disable=SC2046
   "$RESBENCH" --json --threads "$THREADS" --nats "nats://127.0.0.1:$NATS_PORT" --gateway "127.0.0.1:$GATEWAY_PORT" \
     sale --issuer "http://127.0.0.1:$OIDC_PORT/realms/booking" \
     --database-url "postgres://postgres@127.0.0.1:$PG_PORT/booking" --redis-url "redis://127.0.0.1:$REDIS_PORT/" \
-    $(proc_args) "${extra[@]}" "$@" >"$OUT/$name.json"
+    --started-file "$OUT/$name.started" $(proc_args) "${extra[@]}" "$@" >"$OUT/$name.json"
+  echo "$commits0 $(pg_commits)" >"$OUT/$name.pg_commits"
+}
+
+# Transactions committed in the booking database so far (PostgreSQL's own count).
+pg_commits() {
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qtA -d booking \
+    -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'booking'"
 }
 
 scenario() {
@@ -128,17 +138,21 @@ scenario() {
     b | c)
       start_platform "$s" 1
       say "$s: steady state, $DEPARTURES_B departures, $BUYERS_B buyers, $WATCHERS_B watchers, ${DURATION} s"
+      local killer=
       if [[ $s == c ]]; then
+        # Half way through the run: the tool's set-up (tokens, 21,000 connections) comes first.
         (
-          sleep "$((DURATION / 2 + 20))"
+          until [[ -s $OUT/$s.started ]]; do sleep 0.5; done
+          sleep "$((DURATION / 2))"
           pid=$(cut -d' ' -f1 "$RUN_DIR/pids/seats.pid")
           say "c: kill -9 seats (pid $pid)"
           kill -9 "$pid"
         ) &
+        killer=$!
       fi
       run_resbench "$s" 1 --buyers "$BUYERS_B" --watchers "$WATCHERS_B" --departures "$DEPARTURES_B" \
         --duration "$DURATION" --think-ms "$THINK_B" --cancel-pct "$CANCEL_PCT_B"
-      wait
+      if [[ -n $killer ]]; then kill "$killer" 2>/dev/null || true; fi
       ;;
     *)
       say "unknown scenario $s"
@@ -173,6 +187,10 @@ for s in sys.argv[2:]:
     au = r["audit"]
     print(f"audit clean: {r['audit_clean']}; orphan holds {len(au['orphan_holds'])}, sold twice {len(au['sold_twice'])}, "
           f"views wrong {len(au['views_wrong'])}, sold out {au['sold_out']}")
+    pc = out / f"{s}.pg_commits"
+    if pc.exists():
+        c0, c1 = map(int, pc.read_text().split())
+        print(f"PostgreSQL commits: {c1 - c0} ({(c1 - c0) / r['seconds']:.0f}/s over the run, set-up and audit included)")
     if r["bookings"]:
         cpu = ", ".join(f"{n} {p['cpu_ms_per_booking']:.2f}" for n, p in sorted(r["processes"].items()) if p["cpu_ms_per_booking"] is not None)
         print(f"CPU ms per booking: {cpu}")

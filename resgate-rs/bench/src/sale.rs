@@ -82,13 +82,17 @@ pub struct SaleArgs {
     /// repeatable.
     #[arg(long = "proc")]
     pub procs: Vec<String>,
-    /// The tool's own limit on one request, in seconds (the gateway answers `system.timeout`
-    /// after its `requestTimeout`).
-    #[arg(long, default_value_t = 10.0)]
+    /// The tool's own limit on one request, in seconds. Above what services may extend a
+    /// request to (purchases: 15 s), so that the gateway's answer, not the tool, ends a request.
+    #[arg(long, default_value_t = 20.0)]
     pub request_timeout: f64,
     /// Routes searched for departures with every seat free, `FROM-TO,...` (station IDs).
     #[arg(long, default_value = "AH-MH,MH-AH,BL-MH,MH-BL,KK-BL,BL-KK,FF-DO,DO-FF,BL-AH,AH-BL,FF-RB,RB-FF")]
     pub routes: String,
+    /// A file written when the sale opens (buyers signed in, watchers subscribed), for scripts
+    /// that act on the platform during the run.
+    #[arg(long)]
+    pub started_file: Option<std::path::PathBuf>,
     /// How long the views may take to show the truth after the run, in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub converge: f64,
@@ -539,6 +543,9 @@ pub async fn run(mut ctx: Ctx, a: SaleArgs) -> Result<(Report, ws::Shards)> {
     let tool0 = me.cpu_seconds().unwrap_or(0.0);
     let cpu0: Vec<Option<f64>> = procs.iter().map(|(_, pid)| tree_cpu_seconds(*pid)).collect();
     let _ = go.send(true);
+    if let Some(f) = &a.started_file {
+        std::fs::write(f, "started\n").with_context(|| format!("write {}", f.display()))?;
+    }
     // Buyers finish their cycle after the end: allow the longest one (a few requests, their
     // retries and think times).
     let grace = Duration::from_millis(think_ms.1 * 6) + timeout * 6;

@@ -246,8 +246,9 @@ impl Buyer {
 
     /// One visit; `false` when this buyer is done (sold out).
     async fn cycle(&mut self, plan: &Plan, sh: &Shared, t: &Target, current: &mut Option<i64>) -> bool {
-        let _ = self.timed(sh, Action::Search, &format!("get.catalog.departures?{}", t.query), None).await;
         if *current != Some(t.id) {
+            // A person searches once and then stays on the seat map while it has free seats.
+            let _ = self.timed(sh, Action::Search, &format!("get.catalog.departures?{}", t.query), None).await;
             if let Some(old) = current.take() {
                 let _ = self.session.close_map(old).await;
             }
@@ -299,9 +300,9 @@ impl Buyer {
             .map(|m| m.iter().filter(|(_, s)| **s == SeatState::Free).map(|(k, _)| k.clone()).collect())
             .unwrap_or_default();
         if free.is_empty() {
-            // Held seats may come back: look again after a while (bounded by the run's end).
+            // Held seats may come back: look again after a think time (bounded by the run's end).
             if !self.sold_out(dep) && now_ns() < plan.end_ns {
-                self.session.idle(Duration::from_millis(500)).await;
+                self.think(plan).await;
             }
             return None;
         }
