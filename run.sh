@@ -13,6 +13,9 @@
 # Ports (env): NATS_PORT 4222, PG_PORT 5432, REDIS_PORT 6379, OIDC_PORT 8180, GATEWAY_PORT 8080,
 # WEB_PORT 8000, ADMIN_PORT_BASE 9101 (service admin endpoints: base, base+1, ...).
 # Other env is passed through to the services, e.g. BOOKING_HOLD_TTL_SECS=5, OIDC_ACCESS_TOKEN_TTL.
+# Scale (env): SERVICE_INSTANCES (1) instances of every booking service and identity-auth (the
+# second is named e.g. seats-2), GATEWAYS (1) gateways on GATEWAY_PORT, GATEWAY_PORT+1, ...
+# (named gateway, gateway-2, ...). OIDC_TEST_ADMIN=1 enables the issuer's token minting (benchmarks).
 # A crashed process is restarted after a second (its log says so); a second ./run.sh on the same
 # RUN_DIR refuses to start; processes left over by a killed run.sh are stopped on the next start.
 set -euo pipefail
@@ -26,7 +29,7 @@ for arg in "$@"; do
     --release) PROFILE=release ;;
     --no-build) BUILD=0 ;;
     -h | --help)
-      sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -43,6 +46,10 @@ OIDC_PORT=${OIDC_PORT:-8180}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 WEB_PORT=${WEB_PORT:-8000}
 ADMIN_PORT_BASE=${ADMIN_PORT_BASE:-9101}
+SERVICE_INSTANCES=${SERVICE_INSTANCES:-1}
+GATEWAYS=${GATEWAYS:-1}
+[[ $SERVICE_INSTANCES =~ ^[1-9][0-9]?$ ]] || { echo "[run] error: SERVICE_INSTANCES must be 1..99" >&2; exit 2; }
+[[ $GATEWAYS =~ ^[1-9][0-9]?$ ]] || { echo "[run] error: GATEWAYS must be 1..99" >&2; exit 2; }
 RUN_DIR=${RUN_DIR:-$ROOT/.local}
 mkdir -p "$RUN_DIR"
 RUN_DIR=$(cd "$RUN_DIR" && pwd)
@@ -180,6 +187,9 @@ busy=()
 for p in NATS_PORT PG_PORT REDIS_PORT OIDC_PORT GATEWAY_PORT WEB_PORT; do
   port_busy "${!p}" && busy+=("$p=${!p}")
 done
+for ((g = 1; g < GATEWAYS; g++)); do
+  port_busy $((GATEWAY_PORT + g)) && busy+=("GATEWAY_PORT+$g=$((GATEWAY_PORT + g))")
+done
 if ((${#busy[@]})); then
   rm -f "$RUN_DIR/run.pid"
   die "port(s) already in use: ${busy[*]}. Stop what uses them (ss -ltnp) or choose others, e.g. ${busy[0]%%=*}=$((${busy[0]#*=} + 1000)) ./run.sh"
@@ -290,35 +300,48 @@ export BOOKING_REDIS_URL=redis://$HOST:$REDIS_PORT/
 export RUST_LOG=${RUST_LOG:-info}
 admin_port=$ADMIN_PORT_BASE
 declare -A HEALTH=()
+# start_service NAME BINARY [VAR=value...]: one instance (NAME is seats, seats-2, ...).
 start_service() {
-  local name=$1
-  shift
+  local name=$1 bin=$2
+  shift 2
   local addr=$HOST:$admin_port
   admin_port=$((admin_port + 1))
   port_busy "${addr#*:}" && die "admin port ${addr#*:} of $name is in use; set ADMIN_PORT_BASE"
-  launch "$name" env BOOKING_ADMIN_ADDR="$addr" IDENTITY_ADMIN_ADDR="$addr" "$@" "$BIN/$name"
+  launch "$name" env BOOKING_ADMIN_ADDR="$addr" IDENTITY_ADMIN_ADDR="$addr" "$@" "$BIN/$bin"
   HEALTH[$name]=http://$addr/healthz
 }
+# instance_name SERVICE K: the first instance keeps the service's name.
+instance_name() { if (($2 == 1)); then echo "$1"; else echo "$1-$2"; fi; }
 # catalog first: it migrates the schema and seeds the departures the others read.
 if has catalog; then
-  start_service catalog
+  start_service catalog catalog
   wait_for catalog /healthz 90 healthy "${HEALTH[catalog]}"
+  for ((k = 2; k <= SERVICE_INSTANCES; k++)); do start_service "catalog-$k" catalog; done
 fi
-if has identity-auth; then
-  start_service identity-auth IDENTITY_NATS_URL="$BOOKING_NATS_URL" IDENTITY_ISSUER_URL="$ISSUER"
-fi
-for s in seats pricing tickets reports; do
-  if has "$s"; then start_service "$s"; fi
+STARTED=()
+for ((k = 1; k <= SERVICE_INSTANCES; k++)); do
+  if has identity-auth; then
+    start_service "$(instance_name identity-auth $k)" identity-auth IDENTITY_NATS_URL="$BOOKING_NATS_URL" IDENTITY_ISSUER_URL="$ISSUER"
+    STARTED+=("$(instance_name identity-auth $k)")
+  fi
+  for s in seats pricing tickets reports; do
+    if has "$s"; then
+      start_service "$(instance_name "$s" $k)" "$s"
+      STARTED+=("$(instance_name "$s" $k)")
+    fi
+  done
 done
-for s in seats pricing tickets reports identity-auth; do
-  if has "$s"; then wait_for "$s" /healthz 60 healthy "${HEALTH[$s]}"; fi
-done
+if has catalog; then for ((k = 2; k <= SERVICE_INSTANCES; k++)); do STARTED+=("catalog-$k"); done; fi
+for s in "${STARTED[@]}"; do wait_for "$s" /healthz 60 healthy "${HEALTH[$s]}"; done
 
 # ---------------------------------------------------------------- gateway and web app
-GW_FLAGS=(-n "nats://$HOST:$NATS_PORT" -i "$HOST" -p "$GATEWAY_PORT")
+GW_FLAGS=(-n "nats://$HOST:$NATS_PORT" -i "$HOST")
 has identity-auth && GW_FLAGS+=(--headauth identity.session.header --wsheadauth identity.session.wsheader)
-launch gateway "$BIN/resgate-rs" "${GW_FLAGS[@]}"
-wait_for gateway "port $GATEWAY_PORT" 30 port_busy "$GATEWAY_PORT"
+for ((g = 0; g < GATEWAYS; g++)); do
+  name=$(instance_name gateway $((g + 1)))
+  launch "$name" "$BIN/resgate-rs" "${GW_FLAGS[@]}" -p $((GATEWAY_PORT + g))
+  wait_for "$name" "port $((GATEWAY_PORT + g))" 30 port_busy $((GATEWAY_PORT + g))
+done
 
 launch web env WEB_ADDR="$HOST:$WEB_PORT" WEB_GATEWAY_URL="ws://$HOST:$GATEWAY_PORT" WEB_OIDC_ISSUER="$ISSUER" \
   WEB_OIDC_CLIENT_ID="${WEB_OIDC_CLIENT_ID:-booking-web}" WEB_STATIC_DIR="$ROOT/$APP/dist" "$BIN/web"

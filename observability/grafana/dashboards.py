@@ -200,6 +200,34 @@ b.ts("Orders per minute by status", [('sum by (status) (rate(booking_orders_tota
 b.ts("Seats sold and payment failures per minute", [
     ('sum(rate(booking_seats_sold_total[$__rate_interval])) * 60', "seats sold"),
     ('sum(rate(booking_payment_failures_total[$__rate_interval])) * 60', "payment failures")])
+b.row("Sale load (the figures of resbench sale, BENCHMARKS.md)")
+BOOKED = 'sum(rate(booking_orders_total{status="placed"}[5m]))'
+b.stat("Completed bookings /s (5m)", BOOKED, unit="reqps", w=6)
+b.stat("Holds + releases /s (5m)",
+       'sum(rate(booking_holds_created_total[5m])) + sum(rate(booking_holds_released_total[5m]))', unit="reqps", w=6)
+b.stat("Hold p99 (5m)",
+       'histogram_quantile(0.99, sum by (le) (rate(res_service_call_duration_seconds_bucket{service="seats", method="hold"}[5m])))',
+       unit="s", thresholds=steps((None, GREEN), (0.25, YELLOW), (1, RED)), w=6)
+b.stat("Timeouts and busy replies (5m)",
+       'sum(increase(res_service_errors_total{code=~"system.timeout|booking.busy"}[5m]))',
+       thresholds=steps((None, GREEN), (1, RED)), w=6,
+       desc="Requests the services could not finish before the caller's deadline. 0 on a good sale day.")
+b.ts("Bookings, holds and releases /s", [
+    (BOOKED.replace("[5m]", "[$__rate_interval]"), "bookings"),
+    ('sum(rate(booking_holds_created_total[$__rate_interval]))', "holds"),
+    ('sum(rate(booking_holds_released_total[$__rate_interval]))', "releases"),
+    ('sum(rate(booking_holds_expired_total[$__rate_interval]))', "expired (nobody paid or released)")], unit="reqps")
+b.ts("Latency per action (p50 / p99)", [
+    ('histogram_quantile(0.5, sum by (le, method) (rate(res_service_call_duration_seconds_bucket{service=~"seats|tickets", method!="unknown"}[$__rate_interval])))', "p50 {{method}}"),
+    ('histogram_quantile(0.99, sum by (le, method) (rate(res_service_call_duration_seconds_bucket{service=~"seats|tickets", method!="unknown"}[$__rate_interval])))', "p99 {{method}}")],
+    unit="s", desc="Service time of hold, release, purchase and cancel (from the request's arrival to its reply).")
+b.ts("Error replies /s by code", [
+    ('sum by (service, code) (rate(res_service_errors_total[$__rate_interval]))', "{{service}} {{code}}")], unit="reqps",
+    desc="Refusals (booking.seatTaken, paymentDeclined) are normal on a sale day; system.timeout and booking.busy are not.")
+b.ts("CPU seconds per booking by process", [
+    ('sum by (job) (rate(process_cpu_seconds_total{job=~"resgate-rs|catalog|seats|pricing|tickets|reports|identity-auth"}[5m])) / scalar(' + BOOKED + ')', "{{job}}"),
+    ('max(gnatsd_varz_cpu) / 100 / scalar(' + BOOKED + ')', "nats-server")], unit="s",
+    desc="CPU spent per completed booking over 5 minutes (all traffic counted, watchers included).")
 b.row("Durable events (outbox → JetStream BOOKING_EVENTS → reports)")
 b.stat("Relay lag: oldest unsent event", 'max(booking_outbox_oldest_unsent_seconds)', unit="s",
        thresholds=steps((None, GREEN), (10, YELLOW), (60, RED)))

@@ -9,6 +9,7 @@ mod frames;
 mod http;
 mod report;
 mod requests;
+mod sale;
 mod service;
 mod stats;
 mod ws;
@@ -88,6 +89,10 @@ enum Cmd {
     Requests(requests::RequestsArgs),
     /// GET of a cached resource through the HTTP API, C keep-alive connections.
     Http(http::HttpArgs),
+    /// The booking platform under a sale-day crowd: signed-in buyers (search, seat map, hold,
+    /// pay or release, my tickets) and seat-map watchers through the gateway, then an audit
+    /// against PostgreSQL and Redis.
+    Sale(sale::SaleArgs),
     /// The CPU per delivery of an ideal gateway (one write per delivery, nothing else): no
     /// gateway or NATS involved, the tool writes to its own loopback connections.
     Floor(fanout::FanoutArgs),
@@ -178,6 +183,7 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Requests(a) => requests::run(ctx, a).await,
             Cmd::Http(a) => http::run(ctx, a).await,
             Cmd::Floor(a) => floor::run(ctx, a).await,
+            Cmd::Sale(a) => sale::run(ctx, a).await,
         }
     })?;
     shards.shutdown();

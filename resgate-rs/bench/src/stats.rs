@@ -134,6 +134,48 @@ pub fn parse_stat_times(stat: &str) -> Option<(f64, f64)> {
     Some((utime as f64 / USER_HZ, stime as f64 / USER_HZ))
 }
 
+/// Parent PID and CPU seconds of the process and of its waited-for children (utime, stime,
+/// cutime, cstime) from the text of `/proc/<pid>/stat`.
+pub fn parse_stat_tree_entry(stat: &str) -> Option<(u32, f64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[1] is field 4 (ppid); fields 14..=17 are utime, stime, cutime, cstime.
+    let ppid: u32 = f.get(1)?.parse().ok()?;
+    let mut ticks = 0u64;
+    for k in 11..=14 {
+        ticks += f.get(k)?.parse::<u64>().ok()?;
+    }
+    Some((ppid, ticks as f64 / USER_HZ))
+}
+
+/// CPU seconds of a process and all its descendants (PostgreSQL's backends, a process started
+/// through `runuser`), reaped children included, so the sum only grows while the tree lives.
+pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
+    let mut entries: Vec<(u32, u32, f64)> = Vec::new();
+    for d in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = d.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if let Some((ppid, cpu)) =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(parse_stat_tree_entry)
+        {
+            entries.push((pid, ppid, cpu));
+        }
+    }
+    let mut members = vec![root];
+    let mut total = entries.iter().find(|e| e.0 == root)?.2;
+    let mut k = 0;
+    while k < members.len() {
+        let parent = members[k];
+        for &(pid, ppid, cpu) in &entries {
+            if ppid == parent {
+                members.push(pid);
+                total += cpu;
+            }
+        }
+        k += 1;
+    }
+    Some(total)
+}
+
 /// User+system CPU seconds from the text of `/proc/<pid>/stat`.
 pub fn parse_stat_cpu(stat: &str) -> Option<f64> {
     parse_stat_times(stat).map(|(user, system)| user + system)
@@ -299,6 +341,8 @@ mod tests {
         assert_eq!(parse_stat_cpu(stat), Some(3.0));
         assert_eq!(parse_stat_times(stat), Some((2.5, 0.5)));
         assert_eq!(parse_stat_cpu("garbage"), None);
+        assert_eq!(parse_stat_tree_entry(stat), Some((1, 3.0)));
+        assert!(tree_cpu_seconds(std::process::id()).is_some());
         let status = "Name:\tresgate\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
         assert_eq!(parse_status_kb(status, "VmRSS"), Some(10 * 1024 * 1024));
         assert_eq!(parse_status_kb(status, "VmHWM"), Some(20 * 1024 * 1024));

@@ -468,9 +468,43 @@ impl SeatStore {
 
     async fn sold_seats(&self, dep: i64) -> Result<HashSet<String>, BookingError> {
         let client = self.inner.db.get().await?;
-        let rows =
-            client.query("SELECT seat_id FROM tickets WHERE departure_id = $1 AND status = 'active'", &[&dep]).await?;
+        // Prepared once per connection: one round trip instead of two, on the locked path.
+        let stmt =
+            client.prepare_cached("SELECT seat_id FROM tickets WHERE departure_id = $1 AND status = 'active'").await?;
+        let rows = client.query(&stmt, &[&dep]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Of `seats`, those sold now, in their order.
+    async fn sold_among(&self, dep: i64, seats: &[String]) -> Result<Vec<String>, BookingError> {
+        let client = self.inner.db.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT seat_id FROM tickets WHERE departure_id = $1 AND status = 'active' AND seat_id = ANY($2)",
+            )
+            .await?;
+        let sold: HashSet<String> = client.query(&stmt, &[&dep, &seats]).await?.iter().map(|r| r.get(0)).collect();
+        Ok(seats.iter().filter(|s| sold.contains(*s)).cloned().collect())
+    }
+
+    /// Of `seats`, those another hold than `hold_id` holds or that are sold, as Redis and
+    /// PostgreSQL say now, without the departure's lock: what the check under the lock would
+    /// refuse a moment earlier.
+    async fn taken_by_others(&self, dep: i64, hold_id: &str, seats: &[String]) -> Result<Vec<String>, BookingError> {
+        let holders: Vec<Option<String>> = retry_once(&self.inner.redis, |mut c| async move {
+            redis::cmd("HMGET").arg(held_key(dep)).arg(seats).query_async(&mut c).await
+        })
+        .await?;
+        let held: Vec<String> = seats
+            .iter()
+            .zip(&holders)
+            .filter(|(_, h)| h.as_deref().is_some_and(|h| h != hold_id))
+            .map(|(s, _)| s.clone())
+            .collect();
+        if !held.is_empty() {
+            return Ok(held);
+        }
+        self.sold_among(dep, seats).await
     }
 
     /// Runs `f` under the departure's lock; `f` performs one transition and returns the seats it
@@ -666,10 +700,17 @@ impl SeatStore {
             state: "active".into(),
         };
         let cap = self.inner.cfg.max_held_seats_per_user;
+        // Seats someone else holds or bought are refused before queueing for the departure's
+        // lock: on a sale day most holds race for taken seats, and each refusal would otherwise
+        // hold the lock (and every other transition of the departure) for several round trips.
+        // The check under the lock is still the one that decides.
+        let taken = self.taken_by_others(dep, &hold_id, &seats).await?;
+        if !taken.is_empty() {
+            return Err(BookingError::SeatTaken(taken));
+        }
         let made = self
             .transition(dep, deadline, || async {
-                let sold = self.sold_seats(dep).await?;
-                let taken: Vec<String> = seats.iter().filter(|s| sold.contains(*s)).cloned().collect();
+                let taken = self.sold_among(dep, &seats).await?;
                 if !taken.is_empty() {
                     return Err(BookingError::SeatTaken(taken));
                 }

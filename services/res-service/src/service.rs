@@ -145,10 +145,33 @@ struct DurationLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    service: String,
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    service: String,
+    kind: &'static str,
+    code: String,
+}
+
 #[derive(Clone)]
 struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    calls: Family<CallLabels, Histogram, fn() -> Histogram>,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+/// The method label of a call: the method, unless the reply says there is no such method or
+/// resource (a client must not be able to create label values).
+fn method_label(method: &str, error_code: Option<&str>) -> String {
+    use res_protocol::code::{INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND};
+    let unknown = error_code.is_some_and(|c| [METHOD_NOT_FOUND, NOT_FOUND, INVALID_REQUEST].contains(&c));
+    if unknown { "unknown".to_owned() } else { method.to_owned() }
 }
 
 impl Metrics {
@@ -163,7 +186,17 @@ impl Metrics {
             "Time from receiving a RES request to publishing its reply",
             duration.clone(),
         );
-        Metrics { requests, duration }
+        let calls = Family::<CallLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "res_service_call_duration_seconds",
+            "Time from receiving a call to publishing its reply, by method",
+            calls.clone(),
+        );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("res_service_errors", "Error replies by RES error code (refusals included)", errors.clone());
+        Metrics { requests, duration, calls, errors }
     }
 }
 
@@ -253,8 +286,10 @@ impl Service {
         self
     }
 
-    /// Registers `res_service_requests_total{service,kind,result}` and
-    /// `res_service_request_duration_seconds{service,kind}`.
+    /// Registers `res_service_requests_total{service,kind,result}`,
+    /// `res_service_request_duration_seconds{service,kind}`,
+    /// `res_service_call_duration_seconds{service,method}` and
+    /// `res_service_errors_total{service,kind,code}`.
     pub fn with_metrics(mut self, registry: &mut Registry) -> Service {
         self.metrics = Some(Metrics::register(registry));
         self
@@ -455,6 +490,13 @@ impl Shared {
             m.requests
                 .get_or_create(&RequestLabels { service: self.name.clone(), kind: kind.as_str(), result: "expired" })
                 .inc();
+            m.errors
+                .get_or_create(&ErrorLabels {
+                    service: self.name.clone(),
+                    kind: kind.as_str(),
+                    code: res_protocol::code::TIMEOUT.to_owned(),
+                })
+                .inc();
         }
     }
 
@@ -480,6 +522,7 @@ impl Shared {
                 Err(ResError::internal_error())
             }
         };
+        let error_code = result.as_ref().err().map(|e| e.code.to_string());
         let (label, body) = match result {
             Ok(body) => ("ok", Some(body)),
             Err(e) => {
@@ -500,9 +543,17 @@ impl Shared {
             m.requests
                 .get_or_create(&RequestLabels { service: self.name.clone(), kind: kind.as_str(), result: label })
                 .inc();
+            let elapsed = started.elapsed().as_secs_f64();
             m.duration
                 .get_or_create(&DurationLabels { service: self.name.clone(), kind: kind.as_str() })
-                .observe(started.elapsed().as_secs_f64());
+                .observe(elapsed);
+            if let (Kind::Call, Some((_, method))) = (kind, rest.rsplit_once('.')) {
+                let method = method_label(method, error_code.as_deref());
+                m.calls.get_or_create(&CallLabels { service: self.name.clone(), method }).observe(elapsed);
+            }
+            if let Some(code) = error_code {
+                m.errors.get_or_create(&ErrorLabels { service: self.name.clone(), kind: kind.as_str(), code }).inc();
+            }
         }
     }
 

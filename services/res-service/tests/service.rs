@@ -164,6 +164,17 @@ async fn routes_get_access_and_calls_with_errors_as_replies() {
     assert!(text.contains(r#"res_service_requests_total{service="example",kind="call",result="error"} 5"#), "{text}");
     assert!(text.contains(r#"res_service_requests_total{service="example",kind="get",result="ok"} 3"#), "{text}");
     assert!(text.contains(r#"res_service_request_duration_seconds_count{service="example",kind="call"} 7"#), "{text}");
+    // Per method; a method or resource that does not exist is "unknown", so clients cannot make labels.
+    assert!(text.contains(r#"res_service_call_duration_seconds_count{service="example",method="set"} 3"#), "{text}");
+    assert!(
+        text.contains(r#"res_service_call_duration_seconds_count{service="example",method="unknown"} 2"#),
+        "{text}"
+    );
+    assert!(!text.contains(r#"method="nope""#), "{text}");
+    let errors = |code: &str| format!(r#"res_service_errors_total{{service="example",kind="call",code="{code}"}} 1"#);
+    for code in [code::INVALID_PARAMS, code::ACCESS_DENIED, code::METHOD_NOT_FOUND, code::INTERNAL_ERROR] {
+        assert!(text.contains(&errors(code)), "{code}: {text}");
+    }
     running.shutdown().await;
 }
 
