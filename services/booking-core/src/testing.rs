@@ -320,7 +320,11 @@ pub struct ShopLog {
 fn transient(r: &Result<Result<serde_json::Value, res_protocol::ResError>, String>) -> bool {
     match r {
         Err(_) => true,
-        Ok(Err(e)) => matches!(e.code.as_ref(), "system.internalError" | "system.timeout" | "booking.busy"),
+        // `purchaseInProgress`: a retry that arrived while the try whose reply was lost still runs.
+        Ok(Err(e)) => matches!(
+            e.code.as_ref(),
+            "system.internalError" | "system.timeout" | "booking.busy" | "booking.purchaseInProgress"
+        ),
         Ok(Ok(_)) => false,
     }
 }
