@@ -43,16 +43,21 @@ function refused(e) {
   return e instanceof ErrorResponse && !['server_error', 'temporarily_unavailable'].includes(e.error);
 }
 
+/** The claims of a JWT access token (not verified: the services do that), or null if opaque. */
+function tokenClaims(accessToken) {
+  try {
+    const b64 = accessToken.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(b64));
+  } catch {
+    return null;
+  }
+}
+
 /** Seconds before expiry at which a token is renewed: a quarter of its lifetime, 1 s to 60 s. */
 function renewalLeadSecs(user) {
-  let lifetime = user.expires_in ?? 0;
-  try {
-    const b64 = user.access_token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    const { iat, exp } = JSON.parse(atob(b64));
-    if (exp > iat) lifetime = exp - iat;
-  } catch {
-    // an opaque token: the time left is the best guess of its lifetime
-  }
+  const { iat, exp } = tokenClaims(user.access_token) ?? {};
+  // An opaque token: the time left is the best guess of its lifetime.
+  const lifetime = exp > iat ? exp - iat : (user.expires_in ?? 0);
   return Math.min(60, Math.max(1, lifetime / 4));
 }
 
@@ -221,15 +226,10 @@ export class Session extends Emitter {
 
   /** Roles from the access token (realm and client roles, as the services see them). */
   get roles() {
-    try {
-      const b64 = this.user.access_token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-      const claims = JSON.parse(atob(b64));
-      const roles = new Set(claims.realm_access?.roles || []);
-      for (const c of Object.values(claims.resource_access || {})) for (const r of c.roles || []) roles.add(r);
-      return roles;
-    } catch {
-      return new Set();
-    }
+    const claims = (this.user && tokenClaims(this.user.access_token)) || {};
+    const roles = new Set(claims.realm_access?.roles || []);
+    for (const c of Object.values(claims.resource_access || {})) for (const r of c?.roles || []) roles.add(r);
+    return roles;
   }
 
   get isOperator() {
