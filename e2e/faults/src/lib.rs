@@ -165,7 +165,8 @@ impl Platform {
                 }
             }
         });
-        self.nats.flush().await.expect("flush");
+        // The gateway asks from another connection: the server must have the subscription first.
+        res_service::Events::new(self.nats.clone()).flush().await.expect("subscription confirmed");
     }
 
     /// Order IDs of the domain events in the durable stream on `subject` (a subscriber's own

@@ -80,6 +80,24 @@ async fn the_next_transition_after_a_crash_mid_transition_resets_the_map() {
     assert_eq!((w.model(&rid)["1-01A"].clone(), w.model(&rid)["1-02B"].clone()), (json!("held"), json!("held")));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_transition_after_a_crash_mid_transition_still_resets_the_map() {
+    let p = Platform::start(Setup { tickets: 0, seats: 2, ..Setup::new(binaries!()) }).await;
+    let dep = p.env.small_departure(8104, 2).await;
+    let rid = format!("seats.departure.{dep}");
+    let w = p.client("watcher").await;
+    w.subscribe(&rid).await;
+    crash_mid_hold(&p, dep, "1-01A").await;
+    // The next holder of the lock refuses (there is no such hold) and so changes nothing itself:
+    // it must still correct what the crashed holder left unpublished before releasing cleanly.
+    let u = p.client("ursula").await;
+    let release = json!({ "holdId": "h000000000000000000000000" });
+    let refused = u.request(&format!("call.{rid}.release"), release).await.unwrap_err();
+    assert_eq!(refused.code, "booking.holdExpired");
+    p.assert_converged(dep, &[&w]).await;
+    assert_eq!(w.model(&rid)["1-01A"], "held");
+}
+
 /// Waits until Redis has rewritten its append-only file (so it holds everything so far).
 async fn aof_rewritten(p: &Platform) {
     let mut r = p.redis().await;

@@ -121,7 +121,7 @@ async fn random_service(url: &str) {
     for s in SERVICE_SUBJECTS {
         subs.push(client.subscribe(s.to_string()).await.unwrap());
     }
-    client.flush().await.unwrap();
+    synced_with_server(&client).await;
     let mut all = futures_util::stream::select_all(subs);
     let replies: Vec<&[u8]> = vec![
         br#"{"result":{"get":true,"call":"*"}}"#,

@@ -1,6 +1,8 @@
 //! End-to-end smoke test of the main client flow (the full conformance suite lives in
 //! the numbered test files).
 
+mod common;
+
 use futures_util::{SinkExt, StreamExt};
 use resgate::{Config, Gateway};
 use serde_json::{Value, json};
@@ -41,7 +43,9 @@ async fn subscribe_event_call() {
             svc2.publish(reply, serde_json::to_vec(&body).unwrap().into()).await.unwrap();
         }
     });
-    svc.flush().await.unwrap();
+    // A flush only empties the socket buffer: without a round trip the gateway's first request
+    // can reach the server before the subscription and meet "no responders".
+    common::synced_with_server(&svc).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", gw.local_addr())).await.unwrap();
     ws.send(Message::text(r#"{"id":1,"method":"version","params":{"protocol":"1.2.3"}}"#)).await.unwrap();
     assert_eq!(next_json(&mut ws).await, json!({"result":{"protocol":"1.2.3"},"id":1}));

@@ -528,23 +528,23 @@ impl SeatStore {
             guard.release().await?;
             return Err(BookingError::Busy);
         }
+        // NX: an older mark (a previous holder's unpublished change) keeps its age for the sweeper.
         retry_once(&self.inner.redis, |mut c| async move {
-            redis::cmd("ZADD").arg(UNPUBLISHED).arg(now_ms()).arg(dep).query_async::<()>(&mut c).await
+            redis::cmd("ZADD").arg(UNPUBLISHED).arg("NX").arg(now_ms()).arg(dep).query_async::<()>(&mut c).await
         })
         .await?;
         let (out, touched) = match f().await {
-            Ok(r) => r,
-            // Refused before changing anything: a clean release.
-            Err(e) if !e.is_fault() => {
-                self.unmark(dep).await;
-                guard.release().await?;
-                return Err(e);
-            }
+            Ok((out, touched)) => (Ok(out), touched),
+            // Refused before changing anything; a previous holder's change may still be owed below.
+            Err(e) if !e.is_fault() => (Err(e), Vec::new()),
             // The transition may be half done: the mark stays, and the guard's drop leaves the
             // doubt marker.
             Err(e) => return Err(e),
         };
-        let mut published = if touched.is_empty() { Ok(()) } else { self.publish(dep, &touched).await };
+        // In doubt, even a refusal republishes: its clean release drops the doubt marker and the
+        // mark, and nothing else would ever publish what the previous holder changed.
+        let mut published =
+            if touched.is_empty() && !guard.in_doubt() { Ok(()) } else { self.publish(dep, &touched).await };
         if published.is_ok() && guard.in_doubt() {
             // After this transition's own events, so the gateways' re-fetch cannot be answered
             // with a state from before it (and arrive after them).
@@ -555,7 +555,7 @@ impl SeatStore {
             Err(e) => {
                 tracing::warn!(departure = dep, error = %e, "seat change not published; the sweeper republishes");
                 drop(guard);
-                return Ok(out);
+                return out;
             }
         }
         match guard.release().await {
@@ -568,7 +568,7 @@ impl SeatStore {
             }
             Err(e) => tracing::warn!(departure = dep, error = %e, "releasing the departure lock failed"),
         }
-        Ok(out)
+        out
     }
 
     async fn unmark(&self, dep: i64) {
@@ -607,7 +607,9 @@ impl SeatStore {
             .filter_map(|s| map.states.get(s).map(|st| (s.clone(), Value::primitive(&format!("\"{st}\"")))))
             .collect();
         let ev = &self.inner.events;
-        ev.change(&seat_map_rid(dep), &values).await?;
+        if !values.is_empty() {
+            ev.change(&seat_map_rid(dep), &values).await?;
+        }
         ev.change_json(&availability_rid(dep), c).await?;
         ev.flush().await?;
         Ok(())
@@ -722,7 +724,21 @@ impl SeatStore {
                 }
                 let inv = &inv;
                 let r: Vec<String> =
-                    retry_once(&self.inner.redis, |mut c| async move { inv.invoke_async(&mut c).await }).await?;
+                    match retry_once(&self.inner.redis, |mut c| async move { inv.invoke_async(&mut c).await }).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // The script may have run with its reply lost: the hold could exist with
+                            // nobody told of it. Take it back still under the lock, so the next
+                            // holder (told by the doubt marker) resets the map after the undo.
+                            match self.end(dep, &hold_id, "", "release").await {
+                                Ok(_) | Err(BookingError::HoldExpired) => {}
+                                Err(undo) => {
+                                    tracing::warn!(error = %undo, hold = %hold_id, "undoing a failed hold failed")
+                                }
+                            }
+                            return Err(e.into());
+                        }
+                    };
                 match r.first().map(String::as_str) {
                     Some("ok") => {}
                     Some("cap") => {
@@ -737,18 +753,13 @@ impl SeatStore {
             .await;
         let out = match made {
             Ok(h) => h,
-            Err(e) if e.is_fault() => {
-                // The hold may exist with nobody told of it (e.g. publishing failed after the
-                // script ran): take it back. Unpublished either way; the lock's doubt marker makes
-                // the next holder reset the map.
-                match self.end(dep, &hold_id, "", "release").await {
-                    // Taken back, or never made.
-                    Ok(_) | Err(BookingError::HoldExpired) => self.user_holds_changed(owner).await,
-                    Err(undo) => tracing::warn!(error = %undo, hold = %hold_id, "undoing a failed hold failed"),
+            Err(e) => {
+                if e.is_fault() {
+                    // A hold taken back above, if any, leaves the owner's list.
+                    self.user_holds_changed(owner).await;
                 }
                 return Err(e);
             }
-            Err(e) => return Err(e),
         };
         self.inner.metrics.holds_created.inc();
         if deadline.passed() {

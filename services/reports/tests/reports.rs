@@ -185,7 +185,7 @@ async fn read_model_catches_up_and_two_instances_count_every_event_once() {
 
     // Live: a new sale changes the model the gateway would re-fetch (a reset arrives).
     let mut resets = c.subscribe("system.reset").await.unwrap();
-    c.flush().await.unwrap();
+    res_service::Events::new(c.clone()).flush().await.unwrap();
     workload(&env, vec![vec![(dep, "1-30A".to_owned())]], 1, "live").await;
     let reset = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut resets))
         .await
