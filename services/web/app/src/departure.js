@@ -33,6 +33,11 @@ export class DepartureView {
     this.timer = null;
     this.filters = new Set();
     this.known = new Map(); // my holds on this departure as last drawn: holdId -> hold
+    // Seats of my holds that ended while the map still shows them held. My holds list spans
+    // departures and is published apart from the map, so another instance can publish it a moment
+    // before the map event of the hold's end: until that event the seat is still mine, never
+    // "held by someone else" (nobody can hold it before the map shows it free).
+    this.ending = new Set();
     this.attempt = null; // {sig, key}: the payment attempt in progress
     this.active = null; // the seat with tabindex 0
   }
@@ -72,6 +77,7 @@ export class DepartureView {
       Object.assign(this, { dep, layout, map, mine });
       this.seatsById = new Map((layout.seats || []).map((s) => [s.id, s]));
       this.known = new Map(this.#myHolds().map((x) => [x.holdId, x]));
+      this.ending.clear();
       this.#listen(map, 'change', (changed) => this.#onSeatsChanged(changed));
       if (mine) this.#listen(mine, 'change', () => this.#onMyHoldsChanged());
       this.#listen(dep.price, 'change', () => this.#drawPrices());
@@ -89,7 +95,9 @@ export class DepartureView {
 
   /** After a reconnect: the resources are current again. */
   resync() {
-    if (this.map) this.#onMyHoldsChanged();
+    if (!this.map) return;
+    this.ending.clear();
+    this.#onMyHoldsChanged();
   }
 
   /** My holds on this departure (any tab, any device), soonest expiry first. */
@@ -100,12 +108,15 @@ export class DepartureView {
 
   #seatState(seatId) {
     const s = this.map?.[seatId];
-    if (s === 'held' && this.#myHolds().some((x) => x.seats.includes(seatId))) return 'mine';
+    if (s === 'held' && (this.ending.has(seatId) || this.#myHolds().some((x) => x.seats.includes(seatId)))) return 'mine';
     return s || 'free';
   }
 
   #onSeatsChanged(changed) {
-    for (const seat of Object.keys(changed || {})) this.#drawSeat(seat);
+    for (const seat of Object.keys(changed || {})) {
+      if (this.map[seat] !== 'held') this.ending.delete(seat);
+      this.#drawSeat(seat);
+    }
     this.#drawCars();
     this.#drawHeader();
   }
@@ -113,7 +124,9 @@ export class DepartureView {
   #onMyHoldsChanged() {
     const now = new Map(this.#myHolds().map((x) => [x.holdId, x]));
     for (const [id, hold] of this.known) {
-      if (now.has(id) || this.releasing.has(id) || this.paying) continue;
+      if (now.has(id)) continue;
+      for (const s of hold.seats) if (this.map[s] === 'held') this.#endingSeat(s);
+      if (this.releasing.has(id) || this.paying) continue;
       // One message per hold, naming its seats; a repeat replaces it (never a stack).
       const seats = hold.seats.join(', ');
       const plural = hold.seats.length > 1 ? 's' : '';
@@ -129,6 +142,16 @@ export class DepartureView {
     this.known = now;
     for (const s of touched) this.#drawSeat(s);
     this.#drawBasket();
+  }
+
+  /** Shows `seat` as mine until the map event of its hold's end, or for a few seconds at most. */
+  #endingSeat(seat) {
+    this.ending.add(seat);
+    const id = this.id;
+    setTimeout(() => {
+      if (this.id !== id || !this.ending.delete(seat)) return;
+      this.#drawSeat(seat);
+    }, 5000);
   }
 
   #drawAll() {
