@@ -291,6 +291,18 @@ fn user_holds_key(owner: &str) -> String {
     format!("booking:user:{owner}:holds")
 }
 
+/// Versions of what readers read: a departure's seat states, a user's holds. Each publish of a
+/// change bumps its version after the change and before its events, under the lock that orders
+/// those events, so a reader that saw the same version before reading and after its reply was
+/// routed knows no event overtook its reply (see [`SeatStore::reset_departure_if_changed`]).
+fn departure_version_key(dep: i64) -> String {
+    format!("booking:seats:version:{dep}")
+}
+
+fn user_holds_version_key(owner: &str) -> String {
+    format!("booking:user:{owner}:holds:version")
+}
+
 /// The occupancy event for other consumers (pricing); the outbox adds `version`, `eventId` and
 /// `departureSeq`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -589,6 +601,7 @@ impl SeatStore {
     }
 
     async fn publish(&self, dep: i64, touched: &[String]) -> Result<(), BookingError> {
+        self.bump(departure_version_key(dep)).await?;
         let map = self.snapshot(dep).await?;
         let c = map.counts();
         let changed = SeatsChanged {
@@ -996,6 +1009,7 @@ impl SeatStore {
     async fn user_holds_changed(&self, owner: &str) {
         let done = async {
             let guard = self.inner.locks.acquire(&format!("booking:lock:user:{owner}"), &unattended()).await?;
+            self.bump(user_holds_version_key(owner)).await?;
             let mine = self.user_holds(owner).await?;
             let ev = &self.inner.events;
             let rid = user_holds_rid(owner);
@@ -1009,6 +1023,58 @@ impl SeatStore {
         if let Err(e) = done.await {
             tracing::warn!(owner, error = %e, "the user's holds were not published");
         }
+    }
+
+    async fn bump(&self, key: String) -> Result<(), BookingError> {
+        retry_once(&self.inner.redis, |mut c| {
+            let key = key.clone();
+            async move { redis::cmd("INCR").arg(key).query_async::<()>(&mut c).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn version(&self, key: String) -> Result<i64, BookingError> {
+        let v: Option<i64> = retry_once(&self.inner.redis, |mut c| {
+            let key = key.clone();
+            async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
+        })
+        .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Read before the departure's seat map or counts are read for a get; see
+    /// [`reset_departure_if_changed`](Self::reset_departure_if_changed).
+    pub async fn departure_version(&self, dep: i64) -> Result<i64, BookingError> {
+        self.version(departure_version_key(dep)).await
+    }
+
+    /// After a get's reply was routed (`res_service::Request::after_reply`): if a transition
+    /// changed the departure since `seen`, its events may have reached the gateways before the
+    /// reply, which was read earlier and would undo them in their caches; a reset makes them read
+    /// the map and counts again. Returns whether it reset.
+    pub async fn reset_departure_if_changed(&self, dep: i64, seen: i64) -> Result<bool, BookingError> {
+        if self.departure_version(dep).await? == seen {
+            return Ok(false);
+        }
+        self.reset_departure(dep).await?;
+        Ok(true)
+    }
+
+    /// Read before a user's holds are read for a get; see
+    /// [`reset_user_holds_if_changed`](Self::reset_user_holds_if_changed).
+    pub async fn user_holds_version(&self, owner: &str) -> Result<i64, BookingError> {
+        self.version(user_holds_version_key(owner)).await
+    }
+
+    /// As [`reset_departure_if_changed`](Self::reset_departure_if_changed), for a user's holds.
+    pub async fn reset_user_holds_if_changed(&self, owner: &str, seen: i64) -> Result<bool, BookingError> {
+        if self.user_holds_version(owner).await? == seen {
+            return Ok(false);
+        }
+        let rid = user_holds_rid(owner);
+        self.inner.events.reset(&[rid.as_str()], &[]).await?;
+        Ok(true)
     }
 
     /// Publishes the departure's holds (operators); inside its transition, so in order.

@@ -3,10 +3,12 @@
 use crate::deadline::Deadline;
 use crate::events::Events;
 use crate::router::PathParams;
+use futures_util::future::BoxFuture;
 use res_protocol::ResError;
 use res_protocol::service::{HttpContext, IncomingRequest};
 use serde::de::DeserializeOwned;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 /// The kind of a service request (also the `kind` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,6 +40,24 @@ pub struct Request {
     pub(crate) inner: IncomingRequest,
     pub(crate) events: Events,
     pub(crate) deadline: Deadline,
+    pub(crate) after_reply: AfterReply,
+}
+
+/// Work a handler leaves for after its reply (see [`Request::after_reply`]); shared by the
+/// request's clones and the dispatcher.
+#[derive(Clone, Default)]
+pub(crate) struct AfterReply(Arc<Mutex<Option<BoxFuture<'static, ()>>>>);
+
+impl AfterReply {
+    pub(crate) fn take(&self) -> Option<BoxFuture<'static, ()>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for AfterReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterReply")
+    }
 }
 
 impl Request {
@@ -120,5 +140,15 @@ impl Request {
     /// The publisher, to send events caused by this request (before replying).
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// Runs `work` once the reply has been routed by the NATS server (a round trip after
+    /// publishing it), so whatever `work` publishes reaches a gateway after the reply, whichever
+    /// connection it leaves by. For a get: check whether the state it was read from changed
+    /// while the reply was on its way, and reset the resource if so (a reply read before an
+    /// event but delivered after it would otherwise undo that event in the gateway's cache).
+    /// A later call replaces an earlier one; nothing runs if the handler fails.
+    pub fn after_reply(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        *self.after_reply.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(work));
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::deadline::Deadline;
 use crate::events::Events;
-use crate::request::{Kind, Request};
+use crate::request::{AfterReply, Kind, Request};
 use crate::resource::{CallResponse, Resource};
 use crate::router::Pattern;
 use futures_util::{FutureExt, StreamExt};
@@ -506,7 +506,8 @@ impl Shared {
         let Some((kind, rest)) = split_kind(subject) else { return };
         let span = tracing::info_span!("res.request", service = %self.name, kind = kind.as_str(), subject = %subject);
         res_telemetry::trace_context::set_parent_from(&span, msg.headers.as_ref());
-        let result = AssertUnwindSafe(self.handle(kind, rest, &msg.payload, deadline))
+        let after_reply = AfterReply::default();
+        let result = AssertUnwindSafe(self.handle(kind, rest, &msg.payload, deadline, after_reply.clone()))
             .catch_unwind()
             .instrument(span.clone())
             .await;
@@ -523,6 +524,7 @@ impl Shared {
             }
         };
         let error_code = result.as_ref().err().map(|e| e.code.to_string());
+        let after_reply = result.is_ok().then(|| after_reply.take()).flatten();
         let (label, body) = match result {
             Ok(body) => ("ok", Some(body)),
             Err(e) => {
@@ -538,6 +540,18 @@ impl Shared {
             && let Err(e) = self.client.publish(reply_to, body.into()).await
         {
             span.in_scope(|| tracing::warn!(error = %e, "publish reply failed"));
+        }
+        if let Some(work) = after_reply {
+            let client = self.client.clone();
+            tokio::spawn(
+                async move {
+                    match crate::events::server_barrier(&client).await {
+                        Ok(()) => work.await,
+                        Err(e) => tracing::warn!(error = %e, "the reply was not confirmed; skipping the work after it"),
+                    }
+                }
+                .instrument(span.clone()),
+            );
         }
         if let Some(m) = &self.metrics {
             m.requests
@@ -561,7 +575,14 @@ impl Shared {
         self.routes.iter().find_map(|(p, h)| p.matches(name).map(|params| (h, params)))
     }
 
-    async fn handle(&self, kind: Kind, rest: &str, payload: &[u8], deadline: Deadline) -> Result<Vec<u8>, ResError> {
+    async fn handle(
+        &self,
+        kind: Kind,
+        rest: &str,
+        payload: &[u8],
+        deadline: Deadline,
+        after_reply: AfterReply,
+    ) -> Result<Vec<u8>, ResError> {
         let (rid, method) = match kind {
             Kind::Get | Kind::Access => (rest, None),
             Kind::Call | Kind::Auth => match rest.rsplit_once('.') {
@@ -585,6 +606,7 @@ impl Shared {
             inner,
             events: self.events.clone(),
             deadline,
+            after_reply,
         };
         match kind {
             Kind::Get => {

@@ -322,3 +322,69 @@ async fn requests_right_after_start_and_events_after_flush_are_never_lost() {
         assert!(matches!(got, Ok(Some(_))), "round {i}: event lost");
     }
 }
+
+#[tokio::test]
+async fn work_after_a_reply_runs_once_the_reply_is_out_and_never_after_a_failure() {
+    let nats = NatsServer::start();
+    let svc = connect(&nats).await;
+    let after = |name: &'static str, client: async_nats::Client| async move {
+        let _ = client.publish(format!("after.{name}"), name.into()).await;
+        let _ = client.flush().await;
+    };
+    let (c1, c2) = (svc.clone(), svc.clone());
+    let running = Service::new("late")
+        .handle(
+            "late.ok",
+            Handler::new().get(move |req| {
+                let c = c1.clone();
+                async move {
+                    req.after_reply(after("ok", c));
+                    Resource::model(serde_json::json!({ "a": 1 }))
+                }
+            }),
+        )
+        .handle(
+            "late.failed",
+            Handler::new().get(move |req| {
+                let c = c2.clone();
+                async move {
+                    req.after_reply(after("failed", c));
+                    Err::<Resource, _>(ResError::not_found())
+                }
+            }),
+        )
+        .start(svc)
+        .await
+        .unwrap();
+    // One connection receives both the reply and what the work publishes: in routing order.
+    let c = connect(&nats).await;
+    let mut afters = c.subscribe("after.>").await.unwrap();
+    res_service::Events::new(c.clone()).flush().await.unwrap();
+    let inbox = c.new_inbox();
+    let mut replies = c.subscribe(inbox.clone()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut both = futures_util::stream::select(replies.by_ref(), afters.by_ref());
+    // A failed get first, then two successful ones, each after the previous one's work is out.
+    c.publish_with_reply("get.late.failed", inbox.clone(), "{}".into()).await.unwrap();
+    let failed = tokio::time::timeout(Duration::from_secs(5), both.next()).await.expect("in time").unwrap();
+    assert!(decode_get(&failed.payload).is_err(), "the failed get's reply comes first");
+    for _ in 0..2 {
+        c.publish_with_reply("get.late.ok", inbox.clone(), "{}".into()).await.unwrap();
+        while seen.last().map(String::as_str) != Some("ok") {
+            let m = tokio::time::timeout(Duration::from_secs(5), both.next()).await.expect("in time").unwrap();
+            let body = String::from_utf8(m.payload.to_vec()).unwrap();
+            let item = if m.subject.starts_with("after.") {
+                body
+            } else {
+                decode_get(body.as_bytes()).map_or("error", |_| "reply").to_owned()
+            };
+            seen.push(item);
+        }
+        // Each successful get's work comes after its reply.
+        assert_eq!(seen[seen.len() - 2], "reply", "{seen:?}");
+        seen.push(String::new());
+    }
+    seen.retain(|s| !s.is_empty());
+    assert_eq!(seen, ["reply", "ok", "reply", "ok"], "no work after a failed get");
+    running.shutdown().await;
+}

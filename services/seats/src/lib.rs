@@ -57,6 +57,17 @@ fn holds_model(holds: &[booking_core::seatmap::Hold]) -> serde_json::Value {
     serde_json::json!({ "holds": res_service::data(holds) })
 }
 
+/// Once the reply to a get of the departure's map or counts is routed: reset them if a
+/// transition overtook the reply (see [`SeatStore::reset_departure_if_changed`]).
+fn recheck_departure(req: &res_service::Request, store: &SeatStore, dep: i64, seen: i64) {
+    let store = store.clone();
+    req.after_reply(async move {
+        if let Err(e) = store.reset_departure_if_changed(dep, seen).await {
+            tracing::warn!(departure = dep, error = %e, "checking a seat map after a get failed");
+        }
+    });
+}
+
 /// Builds the RES service over a seat store.
 pub fn service(store: SeatStore) -> Service {
     let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store.clone());
@@ -70,7 +81,9 @@ pub fn service(store: SeatStore) -> Service {
                     let store = s1.clone();
                     async move {
                         let dep: i64 = req.path_as("id")?;
+                        let seen = store.departure_version(dep).await?;
                         let map = store.snapshot(dep).await?;
+                        recheck_departure(&req, &store, dep, seen);
                         Resource::model(map.states)
                     }
                 })
@@ -123,7 +136,10 @@ pub fn service(store: SeatStore) -> Service {
                 let store = s5.clone();
                 async move {
                     let dep: i64 = req.path_as("id")?;
-                    Resource::model(store.snapshot(dep).await?.counts())
+                    let seen = store.departure_version(dep).await?;
+                    let counts = store.snapshot(dep).await?.counts();
+                    recheck_departure(&req, &store, dep, seen);
+                    Resource::model(counts)
                 }
             }),
         )
@@ -143,7 +159,17 @@ pub fn service(store: SeatStore) -> Service {
             Handler::new().access(|req| async move { Ok::<_, ResError>(own_or_operator(&req, req.path("sub"))) }).get(
                 move |req| {
                     let store = s7.clone();
-                    async move { Resource::model(holds_model(&store.user_holds(req.path("sub")).await?)) }
+                    async move {
+                        let owner = req.path("sub").to_owned();
+                        let seen = store.user_holds_version(&owner).await?;
+                        let holds = store.user_holds(&owner).await?;
+                        req.after_reply(async move {
+                            if let Err(e) = store.reset_user_holds_if_changed(&owner, seen).await {
+                                tracing::warn!(owner, error = %e, "checking a user's holds after a get failed");
+                            }
+                        });
+                        Resource::model(holds_model(&holds))
+                    }
                 },
             ),
         )

@@ -214,3 +214,46 @@ async fn purchases_interrupted_by_a_crash_are_settled_by_the_sweeper() {
     );
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_read_overtaken_by_a_change_is_followed_by_a_reset_and_only_then() {
+    use booking_core::metrics::BookingMetrics;
+    use booking_core::seatmap::SeatStore;
+    use futures_util::StreamExt;
+    let env = Env::start().await;
+    let dep = env.small_departure(9005, 1).await;
+    let (svc, _reg) = start(&env, holds(600)).await;
+    let c = env.nats_client().await;
+    let mut resets = c.subscribe("system.reset").await.unwrap();
+    res_service::Events::new(c.clone()).flush().await.unwrap();
+    // Another instance serving gets: it takes the versions before reading and checks them once
+    // its reply is out (the seats service does so through `Request::after_reply`).
+    let deps = env.deps().await;
+    let reader =
+        SeatStore::new(deps.db, deps.redis, res_service::Events::new(deps.nats), holds(600), BookingMetrics::default());
+    let rid = format!("seats.departure.{dep}");
+    let seen = reader.departure_version(dep).await.unwrap();
+    let seen_mine = reader.user_holds_version("alice").await.unwrap();
+    let alice = token("alice", &["customer"]);
+    call(&c, &rid, "hold", Some(&alice), serde_json::json!({"seats": ["1-01A"]})).await.unwrap();
+    assert!(reader.reset_departure_if_changed(dep, seen).await.unwrap(), "the map changed after it was read");
+    assert!(reader.reset_user_holds_if_changed("alice", seen_mine).await.unwrap(), "alice's holds changed");
+    let mut named = Vec::new();
+    while !(named.contains(&rid) && named.iter().any(|r| r == "seats.user.alice.holds")) {
+        let m = tokio::time::timeout(Duration::from_secs(5), resets.next()).await.expect("a reset in time").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        named.extend(v["resources"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_owned)));
+    }
+    // A refused hold changes nothing, and neither does a read: no reset.
+    let (seen, seen_mine) =
+        (reader.departure_version(dep).await.unwrap(), reader.user_holds_version("alice").await.unwrap());
+    let bob = token("bob", &["customer"]);
+    assert_eq!(
+        code(call(&c, &rid, "hold", Some(&bob), serde_json::json!({"seats": ["1-01A"]})).await),
+        "booking.seatTaken"
+    );
+    get(&c, &rid).await.unwrap();
+    assert!(!reader.reset_departure_if_changed(dep, seen).await.unwrap());
+    assert!(!reader.reset_user_holds_if_changed("alice", seen_mine).await.unwrap());
+    svc.shutdown().await;
+}
