@@ -22,7 +22,8 @@ const timer = setTimeout(() => fail('timeout'), 15000);
 
 const big = process.argv[3] === 'big';
 let socket;
-const client = new ResClient(() => (socket = new WebSocket(url)));
+// One message per event-loop turn, as in a browser (why: see dropin.js).
+const client = new ResClient(() => (socket = new WebSocket(url, { allowSynchronousEvents: false })));
 
 (async () => {
   const model = await client.get('example.model');
