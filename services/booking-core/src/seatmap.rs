@@ -593,10 +593,10 @@ impl SeatStore {
         }
     }
 
-    /// Makes the gateways fetch the departure's map and counts again.
+    /// Makes the gateways fetch the departure's map, counts and holds again.
     async fn reset_departure(&self, dep: i64) -> Result<(), BookingError> {
-        let (a, b) = (seat_map_rid(dep), availability_rid(dep));
-        self.inner.events.reset(&[a.as_str(), b.as_str()], &[]).await?;
+        let (a, b, c) = (seat_map_rid(dep), availability_rid(dep), departure_holds_rid(dep));
+        self.inner.events.reset(&[a.as_str(), b.as_str(), c.as_str()], &[]).await?;
         Ok(())
     }
 
@@ -1080,6 +1080,7 @@ impl SeatStore {
     /// Publishes the departure's holds (operators); inside its transition, so in order.
     async fn departure_holds_changed(&self, dep: i64) {
         let done = async {
+            self.bump(departure_version_key(dep)).await?;
             let all = self.departure_holds(dep).await?;
             let value = serde_json::json!({ "holds": res_service::data(&all) });
             self.inner.events.change_json(&departure_holds_rid(dep), value).await?;

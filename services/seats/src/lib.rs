@@ -57,7 +57,7 @@ fn holds_model(holds: &[booking_core::seatmap::Hold]) -> serde_json::Value {
     serde_json::json!({ "holds": res_service::data(holds) })
 }
 
-/// Once the reply to a get of the departure's map or counts is routed: reset them if a
+/// Once the reply to a get of the departure's map, counts or holds is routed: reset them if a
 /// transition overtook the reply (see [`SeatStore::reset_departure_if_changed`]).
 fn recheck_departure(req: &res_service::Request, store: &SeatStore, dep: i64, seen: i64) {
     let store = store.clone();
@@ -150,7 +150,10 @@ pub fn service(store: SeatStore) -> Service {
                 async move {
                     let dep: i64 = req.path_as("id")?;
                     store.departure(dep).await?;
-                    Resource::model(holds_model(&store.departure_holds(dep).await?))
+                    let seen = store.departure_version(dep).await?;
+                    let holds = store.departure_holds(dep).await?;
+                    recheck_departure(&req, &store, dep, seen);
+                    Resource::model(holds_model(&holds))
                 }
             }),
         )

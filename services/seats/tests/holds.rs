@@ -239,7 +239,8 @@ async fn a_read_overtaken_by_a_change_is_followed_by_a_reset_and_only_then() {
     assert!(reader.reset_departure_if_changed(dep, seen).await.unwrap(), "the map changed after it was read");
     assert!(reader.reset_user_holds_if_changed("alice", seen_mine).await.unwrap(), "alice's holds changed");
     let mut named = Vec::new();
-    while !(named.contains(&rid) && named.iter().any(|r| r == "seats.user.alice.holds")) {
+    let operators = format!("{rid}.holds");
+    while !(named.contains(&rid) && named.contains(&operators) && named.iter().any(|r| r == "seats.user.alice.holds")) {
         let m = tokio::time::timeout(Duration::from_secs(5), resets.next()).await.expect("a reset in time").unwrap();
         let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         named.extend(v["resources"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_owned)));
