@@ -595,8 +595,8 @@ impl SeatStore {
 
     /// Makes the gateways fetch the departure's map, counts and holds again.
     async fn reset_departure(&self, dep: i64) -> Result<(), BookingError> {
-        let (a, b, c) = (seat_map_rid(dep), availability_rid(dep), departure_holds_rid(dep));
-        self.inner.events.reset(&[a.as_str(), b.as_str(), c.as_str()], &[]).await?;
+        let rids = [seat_map_rid(dep), availability_rid(dep), departure_holds_rid(dep)];
+        self.inner.events.reset(&rids.each_ref().map(String::as_str), &[]).await?;
         Ok(())
     }
 
@@ -1052,13 +1052,10 @@ impl SeatStore {
     /// After a get's reply was routed (`res_service::Request::after_reply`): if a transition
     /// changed the departure since `seen`, its events may have reached the gateways before the
     /// reply, which was read earlier and would undo them in their caches; a reset makes them read
-    /// the map and counts again. Returns whether it reset.
+    /// the map, counts and holds again. Returns whether it reset.
     pub async fn reset_departure_if_changed(&self, dep: i64, seen: i64) -> Result<bool, BookingError> {
-        if self.departure_version(dep).await? == seen {
-            return Ok(false);
-        }
-        self.reset_departure(dep).await?;
-        Ok(true)
+        let rids = [seat_map_rid(dep), availability_rid(dep), departure_holds_rid(dep)];
+        self.reset_if_changed(departure_version_key(dep), seen, &rids).await
     }
 
     /// Read before a user's holds are read for a get; see
@@ -1069,11 +1066,15 @@ impl SeatStore {
 
     /// As [`reset_departure_if_changed`](Self::reset_departure_if_changed), for a user's holds.
     pub async fn reset_user_holds_if_changed(&self, owner: &str, seen: i64) -> Result<bool, BookingError> {
-        if self.user_holds_version(owner).await? == seen {
+        self.reset_if_changed(user_holds_version_key(owner), seen, &[user_holds_rid(owner)]).await
+    }
+
+    async fn reset_if_changed(&self, key: String, seen: i64, rids: &[String]) -> Result<bool, BookingError> {
+        if self.version(key).await? == seen {
             return Ok(false);
         }
-        let rid = user_holds_rid(owner);
-        self.inner.events.reset(&[rid.as_str()], &[]).await?;
+        let rids: Vec<&str> = rids.iter().map(String::as_str).collect();
+        self.inner.events.reset(&rids, &[]).await?;
         Ok(true)
     }
 

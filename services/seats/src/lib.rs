@@ -57,15 +57,24 @@ fn holds_model(holds: &[booking_core::seatmap::Hold]) -> serde_json::Value {
     serde_json::json!({ "holds": res_service::data(holds) })
 }
 
-/// Once the reply to a get of the departure's map, counts or holds is routed: reset them if a
-/// transition overtook the reply (see [`SeatStore::reset_departure_if_changed`]).
-fn recheck_departure(req: &res_service::Request, store: &SeatStore, dep: i64, seen: i64) {
-    let store = store.clone();
+/// Once a get's reply is routed, runs `check` (a `SeatStore::reset_*_if_changed`: a change that
+/// overtook the reply is followed by a reset); a failure is logged, the reply stands.
+fn recheck<F>(req: &res_service::Request, check: F)
+where
+    F: std::future::Future<Output = Result<bool, booking_core::error::BookingError>> + Send + 'static,
+{
+    let rid = req.rid().to_owned();
     req.after_reply(async move {
-        if let Err(e) = store.reset_departure_if_changed(dep, seen).await {
-            tracing::warn!(departure = dep, error = %e, "checking a seat map after a get failed");
+        if let Err(e) = check.await {
+            tracing::warn!(rid, error = %e, "checking a resource after its get failed");
         }
     });
+}
+
+/// [`recheck`] of the departure's map, counts and holds.
+fn recheck_departure(req: &res_service::Request, store: &SeatStore, dep: i64, seen: i64) {
+    let store = store.clone();
+    recheck(req, async move { store.reset_departure_if_changed(dep, seen).await });
 }
 
 /// Builds the RES service over a seat store.
@@ -166,11 +175,7 @@ pub fn service(store: SeatStore) -> Service {
                         let owner = req.path("sub").to_owned();
                         let seen = store.user_holds_version(&owner).await?;
                         let holds = store.user_holds(&owner).await?;
-                        req.after_reply(async move {
-                            if let Err(e) = store.reset_user_holds_if_changed(&owner, seen).await {
-                                tracing::warn!(owner, error = %e, "checking a user's holds after a get failed");
-                            }
-                        });
+                        recheck(&req, async move { store.reset_user_holds_if_changed(&owner, seen).await });
                         Resource::model(holds_model(&holds))
                     }
                 },
