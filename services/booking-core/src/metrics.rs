@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -11,7 +12,7 @@ pub struct OrderLabels {
     pub status: &'static str,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BookingMetrics {
     pub holds_created: Counter,
     pub holds_released: Counter,
@@ -20,6 +21,23 @@ pub struct BookingMetrics {
     pub seats_sold: Counter,
     pub orders: Family<OrderLabels, Counter>,
     pub payment_failures: Counter,
+    /// Transitions of one departure published together (group commit), per batch.
+    pub transition_batches: Histogram,
+}
+
+impl Default for BookingMetrics {
+    fn default() -> BookingMetrics {
+        BookingMetrics {
+            holds_created: Counter::default(),
+            holds_released: Counter::default(),
+            holds_expired: Counter::default(),
+            active_holds: Gauge::default(),
+            seats_sold: Counter::default(),
+            orders: Family::default(),
+            payment_failures: Counter::default(),
+            transition_batches: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
+        }
+    }
 }
 
 impl BookingMetrics {
@@ -29,6 +47,11 @@ impl BookingMetrics {
         r.register("booking_holds_released", "Seat holds released by their owner", self.holds_released.clone());
         r.register("booking_holds_expired", "Seat holds freed by expiry", self.holds_expired.clone());
         r.register("booking_active_holds", "Holds alive now (all instances)", self.active_holds.clone());
+        r.register(
+            "booking_transition_batch_size",
+            "Seat transitions of one departure published together (group commit)",
+            self.transition_batches.clone(),
+        );
     }
 
     /// The sales metrics, exported by the tickets service.

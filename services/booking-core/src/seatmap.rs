@@ -15,7 +15,9 @@
 //! transition (a Lua script, or a PostgreSQL statement), reads the resulting state, publishes the
 //! change events, and waits for a round trip to the NATS server on the same connection before
 //! unlocking ([`res_service::Events::flush`]): the server has then routed the events, so the next
-//! holder's events arrive after them. Each transition is performed, and
+//! holder's events arrive after them. One instance's transitions of a departure queue for their
+//! turn and those made under one lease are published together, once, before any of them replies
+//! (group commit, [`SeatStore::transition`]). Each transition is performed, and
 //! so published, by exactly one instance: when two sweepers race on an expired hold, the script
 //! removes it once and only that instance publishes. Published values are the state read after
 //! the transition, so even a replay converges. If a holder finds on unlock that its lease
@@ -53,7 +55,7 @@ use deadpool_postgres::Pool;
 use redis::aio::ConnectionManager;
 use res_service::{Deadline, Events, Value};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,6 +84,9 @@ const SETTLE_RESET: Duration = Duration::from_secs(1);
 /// Pattern of every resource the seat store publishes.
 const SEATS_RESOURCES: &str = "seats.>";
 const PURCHASING: &str = "booking:holds:purchasing";
+/// Most transitions published together (see [`SeatStore::transition`]): bounds how long the
+/// first member of a batch waits for the others, well inside the lease and the transition budget.
+const MAX_BATCH: usize = 32;
 
 fn hold_key(id: &str) -> String {
     format!("booking:hold:{id}")
@@ -316,6 +321,53 @@ pub struct SeatsChanged {
     pub at: DateTime<Utc>,
 }
 
+/// What one transition changed, published when its batch closes.
+#[derive(Debug, Default)]
+pub struct Change {
+    seats: BTreeSet<String>,
+    /// Users whose hold lists changed in a way their pages must learn before the seat events
+    /// (a new hold, a purchase starting or failing); lists of ended holds are published by the
+    /// caller after the transition.
+    owners: BTreeSet<String>,
+    /// The departure's hold list (operators) changed.
+    holds: bool,
+}
+
+impl Change {
+    /// Seats whose state changed: their state after the transition is published.
+    pub fn seats(seats: impl IntoIterator<Item = String>) -> Change {
+        Change { seats: seats.into_iter().collect(), ..Change::default() }
+    }
+
+    fn owner(mut self, owner: &str) -> Change {
+        self.owners.insert(owner.to_owned());
+        self
+    }
+
+    fn departure_holds(mut self) -> Change {
+        self.holds = true;
+        self
+    }
+
+    fn absorb(&mut self, other: Change) {
+        self.seats.extend(other.seats);
+        self.owners.extend(other.owners);
+        self.holds |= other.holds;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.seats.is_empty() && self.owners.is_empty() && !self.holds
+    }
+}
+
+/// Transitions of one departure made by this instance under one lease, not yet published.
+struct Batch {
+    guard: crate::lock::LockGuard,
+    change: Change,
+    /// Each member's signal that the batch's events are out (dropped: they may not be).
+    members: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
 struct Scripts {
     hold: redis::Script,
     end: redis::Script,
@@ -337,6 +389,8 @@ struct Inner {
     cfg: HoldConfig,
     metrics: BookingMetrics,
     departures: Mutex<HashMap<i64, Arc<DepartureInfo>>>,
+    /// Per departure: this instance's queue of transitions and the batch open, if any.
+    turns: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<Option<Batch>>>>>,
     scripts: Scripts,
 }
 
@@ -389,6 +443,7 @@ impl SeatStore {
                 cfg,
                 metrics,
                 departures: Mutex::default(),
+                turns: Mutex::default(),
                 scripts: Scripts {
                     hold: redis::Script::new(HOLD),
                     end: redis::Script::new(END),
@@ -519,57 +574,129 @@ impl SeatStore {
         self.sold_among(dep, seats).await
     }
 
-    /// Runs `f` under the departure's lock; `f` performs one transition and returns the seats it
-    /// touched, whose new state is then recorded and published before the lock is released. The
+    /// Runs `f` under the departure's lock; `f` performs one transition and returns what it
+    /// changed, whose new state is then recorded and published before the caller returns. The
     /// lock is waited for until `deadline`; once held, the deadline is extended to cover the
     /// transition, or, if that is impossible and it has passed, the transition does not start. A
     /// refusal (`f` fails with a booking error) changed nothing; once `f` succeeded the result is
     /// `Ok` whatever follows (the caller is told what happened), and a failure to record or
     /// publish leaves the departure marked for the sweeper and the lock's doubt marker for the
     /// next holder.
+    ///
+    /// Group commit: this instance's transitions of one departure take turns (FIFO), and the
+    /// turns that follow each other while the Redis lease is held form one batch: each runs its
+    /// own `f`, then waits until the batch is closed — by the first of its members whose turn
+    /// comes round again, or by the member that fills it — with one publish for all of them (one
+    /// version bump, one snapshot, one outbox row, one event per resource) and one release. Every
+    /// member's reply still follows the events of its change, and the next batch's events follow
+    /// this one's.
     pub async fn transition<T, F, Fut>(&self, dep: i64, deadline: &Deadline, f: F) -> Result<T, BookingError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(T, Vec<String>), BookingError>>,
+        Fut: Future<Output = Result<(T, Change), BookingError>>,
     {
-        let guard = self.inner.locks.acquire(&lock_key(dep), deadline).await?;
+        let out = self.take_turn(dep, deadline, f).await;
+        let mut map = self.inner.turns.lock().expect("turns map");
+        // Only the map holds it: nobody waits, and no batch is open.
+        if map.get(&dep).is_some_and(|t| Arc::strong_count(t) == 1) {
+            map.remove(&dep);
+        }
+        out
+    }
+
+    async fn take_turn<T, F, Fut>(&self, dep: i64, deadline: &Deadline, f: F) -> Result<T, BookingError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(T, Change), BookingError>>,
+    {
+        let turns = self.inner.turns.lock().expect("turns map").entry(dep).or_default().clone();
+        let wait = LOCK_WAIT.min(deadline.remaining());
+        let mut turn = tokio::time::timeout(wait, turns.clone().lock_owned()).await.map_err(|_| BookingError::Busy)?;
+        if turn.is_none() {
+            *turn = Some(self.open_batch(dep, deadline).await?);
+        }
         if deadline.remaining() < TRANSITION_BUDGET / 5 {
             deadline.extend(TRANSITION_BUDGET).await;
         }
         if deadline.passed() {
-            guard.release().await?;
+            self.leave(dep, &mut turn).await;
             return Err(BookingError::Busy);
         }
+        let (out, change) = match f().await {
+            Ok(done) => done,
+            Err(e) if !e.is_fault() => {
+                self.leave(dep, &mut turn).await;
+                return Err(e);
+            }
+            // The transition may be half done: the batch ends unpublished, its mark stays and
+            // the lease's drop leaves the doubt marker; members already in it are told of their
+            // change (it happened), as after a failed publish.
+            Err(e) => {
+                turn.take();
+                return Err(e);
+            }
+        };
+        let batch = turn.as_mut().expect("a batch is open during a turn");
+        batch.change.absorb(change);
+        let (told, mut closed) = tokio::sync::oneshot::channel();
+        batch.members.push(told);
+        if batch.members.len() >= MAX_BATCH {
+            self.close(dep, &mut turn).await;
+            return Ok(out);
+        }
+        drop(turn);
+        tokio::select! {
+            biased;
+            _ = &mut closed => {}
+            mut turn = turns.lock_owned() => {
+                // Empty: nobody closed this member's batch while it queued, so the open batch is
+                // still its own (a batch opens only after the previous one closed or broke).
+                if matches!(closed.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty)) {
+                    self.close(dep, &mut turn).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn open_batch(&self, dep: i64, deadline: &Deadline) -> Result<Batch, BookingError> {
+        let guard = self.inner.locks.acquire(&lock_key(dep), deadline).await?;
         // NX: an older mark (a previous holder's unpublished change) keeps its age for the sweeper.
         retry_once(&self.inner.redis, |mut c| async move {
             redis::cmd("ZADD").arg(UNPUBLISHED).arg("NX").arg(now_ms()).arg(dep).query_async::<()>(&mut c).await
         })
         .await?;
-        let (out, touched) = match f().await {
-            Ok((out, touched)) => (Ok(out), touched),
-            // Refused before changing anything; a previous holder's change may still be owed below.
-            Err(e) if !e.is_fault() => (Err(e), Vec::new()),
-            // The transition may be half done: the mark stays, and the guard's drop leaves the
-            // doubt marker.
-            Err(e) => return Err(e),
+        Ok(Batch { guard, change: Change::default(), members: Vec::new() })
+    }
+
+    /// Ends a turn that changed nothing: a batch without members is closed (nobody else would),
+    /// which in doubt still republishes — its clean release drops the doubt marker and the mark,
+    /// and nothing else would ever publish what the previous holder changed.
+    async fn leave(&self, dep: i64, turn: &mut Option<Batch>) {
+        if turn.as_ref().is_some_and(|b| b.members.is_empty()) {
+            self.close(dep, turn).await;
+        }
+    }
+
+    /// Publishes the batch's changes, releases the lease and tells the members.
+    async fn close(&self, dep: i64, turn: &mut Option<Batch>) {
+        let Some(Batch { guard, change, members }) = turn.take() else { return };
+        self.inner.metrics.transition_batches.observe(members.len() as f64);
+        let mut published = if change.is_empty() && !guard.in_doubt() {
+            Ok(())
+        } else {
+            self.publish(dep, change, guard.in_doubt()).await
         };
-        // In doubt, even a refusal republishes: its clean release drops the doubt marker and the
-        // mark, and nothing else would ever publish what the previous holder changed.
-        let mut published =
-            if touched.is_empty() && !guard.in_doubt() { Ok(()) } else { self.publish(dep, &touched).await };
         if published.is_ok() && guard.in_doubt() {
-            // After this transition's own events, so the gateways' re-fetch cannot be answered
-            // with a state from before it (and arrive after them).
+            // After this batch's own events, so the gateways' re-fetch cannot be answered with a
+            // state from before it (and arrive after them).
             published = self.reset_departure(dep).await;
         }
-        match published {
-            Ok(()) => self.unmark(dep).await,
-            Err(e) => {
-                tracing::warn!(departure = dep, error = %e, "seat change not published; the sweeper republishes");
-                drop(guard);
-                return out;
-            }
+        if let Err(e) = published {
+            tracing::warn!(departure = dep, error = %e, "seat change not published; the sweeper republishes");
+            return;
         }
+        self.unmark(dep).await;
         match guard.release().await {
             Ok(true) => {}
             Ok(false) => {
@@ -580,7 +707,9 @@ impl SeatStore {
             }
             Err(e) => tracing::warn!(departure = dep, error = %e, "releasing the departure lock failed"),
         }
-        out
+        for told in members {
+            let _ = told.send(());
+        }
     }
 
     async fn unmark(&self, dep: i64) {
@@ -600,30 +729,41 @@ impl SeatStore {
         Ok(())
     }
 
-    async fn publish(&self, dep: i64, touched: &[String]) -> Result<(), BookingError> {
+    /// Publishes a batch's changes, in the order pages need: the owners' hold lists, then (after
+    /// the version bump that covers them) the departure's hold list and its seats and counts, the
+    /// counts also recorded in the outbox. In doubt the counts are published even if no seat
+    /// changed here (the previous holder's change may be unpublished).
+    async fn publish(&self, dep: i64, change: Change, in_doubt: bool) -> Result<(), BookingError> {
+        futures_util::future::join_all(change.owners.iter().map(|owner| self.user_holds_changed(owner))).await;
         self.bump(departure_version_key(dep)).await?;
-        let map = self.snapshot(dep).await?;
-        let c = map.counts();
-        let changed = SeatsChanged {
-            departure_id: dep,
-            total: c.total,
-            free: c.free,
-            held: c.held,
-            sold: c.sold,
-            at: Utc::now(),
-        };
-        let payload = serde_json::to_value(&changed).map_err(res_service::EventError::Encode)?;
-        crate::outbox::record(&self.inner.db.get().await?, dep, SEATS_CHANGED_SUBJECT, payload).await?;
-        self.inner.outbox.committed();
-        let values: res_protocol::value::Model = touched
-            .iter()
-            .filter_map(|s| map.states.get(s).map(|st| (s.clone(), Value::primitive(&format!("\"{st}\"")))))
-            .collect();
-        let ev = &self.inner.events;
-        if !values.is_empty() {
-            ev.change(&seat_map_rid(dep), &values).await?;
+        if change.holds {
+            self.departure_holds_changed(dep).await;
         }
-        ev.change_json(&availability_rid(dep), c).await?;
+        let ev = &self.inner.events;
+        if !change.seats.is_empty() || in_doubt {
+            let map = self.snapshot(dep).await?;
+            let c = map.counts();
+            let changed = SeatsChanged {
+                departure_id: dep,
+                total: c.total,
+                free: c.free,
+                held: c.held,
+                sold: c.sold,
+                at: Utc::now(),
+            };
+            let payload = serde_json::to_value(&changed).map_err(res_service::EventError::Encode)?;
+            crate::outbox::record(&self.inner.db.get().await?, dep, SEATS_CHANGED_SUBJECT, payload).await?;
+            self.inner.outbox.committed();
+            let values: res_protocol::value::Model = change
+                .seats
+                .into_iter()
+                .filter_map(|s| map.states.get(&s).map(|st| (s, Value::primitive(&format!("\"{st}\"")))))
+                .collect();
+            if !values.is_empty() {
+                ev.change(&seat_map_rid(dep), &values).await?;
+            }
+            ev.change_json(&availability_rid(dep), c).await?;
+        }
         ev.flush().await?;
         Ok(())
     }
@@ -662,7 +802,7 @@ impl SeatStore {
     /// Records and publishes the current state of `seats` (idempotent: for recovery after a
     /// crash or failure left it open whether their change was published).
     pub async fn republish(&self, dep: i64, seats: Vec<String>) -> Result<(), BookingError> {
-        self.transition(dep, &unattended(), || async { Ok(((), seats)) }).await
+        self.transition(dep, &unattended(), || async { Ok(((), Change::seats(seats))) }).await
     }
 
     /// Holds `seats` for `owner`: all or none, within the owner's cap on held seats. A hold that
@@ -760,8 +900,7 @@ impl SeatStore {
                     }
                     _ => return Err(BookingError::SeatTaken(r[1..].to_vec())),
                 }
-                self.holds_changed(dep, owner).await;
-                Ok((hold, seats.clone()))
+                Ok((hold, Change::seats(seats.clone()).owner(owner).departure_holds()))
             })
             .await;
         let out = match made {
@@ -783,7 +922,8 @@ impl SeatStore {
         Ok(out)
     }
 
-    /// Ends a hold; returns its seats and owner.
+    /// Ends a hold; returns its seats and owner. The caller's change includes the departure's
+    /// hold list.
     async fn end(
         &self,
         dep: i64,
@@ -812,7 +952,6 @@ impl SeatStore {
             Some("ok") => {
                 let seats = r.get(1).map(|s| split_seats(s)).unwrap_or_default();
                 let owner = r.get(2).cloned().unwrap_or_default();
-                self.departure_holds_changed(dep).await;
                 Ok((seats, owner))
             }
             Some("notyours") => Err(BookingError::NotYourHold),
@@ -832,7 +971,7 @@ impl SeatStore {
         let (seats, owner) = self
             .transition(dep, deadline, || async {
                 let (seats, owner) = self.end(dep, hold_id, owner.unwrap_or(""), "release").await?;
-                Ok(((seats.clone(), owner), seats))
+                Ok(((seats.clone(), owner), Change::seats(seats).departure_holds()))
             })
             .await?;
         self.user_holds_changed(&owner).await;
@@ -876,8 +1015,7 @@ impl SeatStore {
                             state: "purchasing".into(),
                         })
                         .collect();
-                    self.holds_changed(dep, owner).await;
-                    Ok((holds, Vec::new()))
+                    Ok((holds, Change::default().owner(owner).departure_holds()))
                 }
                 Some("notyours") => Err(BookingError::NotYourHold),
                 Some("purchasing") => Err(BookingError::PurchaseInProgress),
@@ -890,7 +1028,7 @@ impl SeatStore {
     /// Puts holds being purchased back to active after a failed payment (they expire as before).
     pub async fn abort_purchase(&self, dep: i64, hold_ids: &[String]) -> Result<(), BookingError> {
         self.transition(dep, &unattended(), || async {
-            let mut owners = HashSet::new();
+            let mut change = Change::default().departure_holds();
             for id in hold_ids {
                 let owner: Option<String> = retry_once(&self.inner.redis, |mut c| async move {
                     let _: i64 = self
@@ -906,12 +1044,11 @@ impl SeatStore {
                     redis::cmd("HGET").arg(hold_key(id)).arg("owner").query_async(&mut c).await
                 })
                 .await?;
-                owners.extend(owner);
+                if let Some(owner) = owner {
+                    change = change.owner(&owner);
+                }
             }
-            for owner in owners {
-                self.holds_changed(dep, &owner).await;
-            }
-            Ok(((), Vec::new()))
+            Ok(((), change))
         })
         .await
     }
@@ -932,7 +1069,7 @@ impl SeatStore {
                         Err(e) => return Err(e),
                     }
                 }
-                Ok((owners, seats.to_vec()))
+                Ok((owners, Change::seats(seats.iter().cloned()).departure_holds()))
             })
             .await?;
         for owner in owners {
@@ -990,14 +1127,6 @@ impl SeatStore {
             .collect();
         holds.sort_by(|a, b| (a.expires_at, &a.hold_id).cmp(&(b.expires_at, &b.hold_id)));
         Ok(holds)
-    }
-
-    /// Publishes the holds of `owner` and of `dep` after a hold was taken or its state changed;
-    /// called inside the departure's transition, before its seat events, so a page learns that
-    /// a seat is its own before it sees it held.
-    async fn holds_changed(&self, dep: i64, owner: &str) {
-        self.user_holds_changed(owner).await;
-        self.departure_holds_changed(dep).await;
     }
 
     /// Publishes the user's holds. Called before the seat events of a new hold and after those
@@ -1078,10 +1207,10 @@ impl SeatStore {
         Ok(true)
     }
 
-    /// Publishes the departure's holds (operators); inside its transition, so in order.
+    /// Publishes the departure's holds (operators); inside its transition, after the version
+    /// bump that covers it, so in order.
     async fn departure_holds_changed(&self, dep: i64) {
         let done = async {
-            self.bump(departure_version_key(dep)).await?;
             let all = self.departure_holds(dep).await?;
             let value = serde_json::json!({ "holds": res_service::data(&all) });
             self.inner.events.change_json(&departure_holds_rid(dep), value).await?;
@@ -1104,9 +1233,11 @@ impl SeatStore {
             let freed = self
                 .transition(dep, &unattended(), || async {
                     match self.end(dep, &id, "", "expire").await {
-                        Ok((seats, owner)) => Ok((Some(owner), seats)),
+                        Ok((seats, owner)) => Ok((Some(owner), Change::seats(seats).departure_holds())),
                         // Another instance expired it first, or it was released or bought.
-                        Err(BookingError::HoldExpired | BookingError::PurchaseInProgress) => Ok((None, Vec::new())),
+                        Err(BookingError::HoldExpired | BookingError::PurchaseInProgress) => {
+                            Ok((None, Change::default()))
+                        }
                         Err(e) => Err(e),
                     }
                 })

@@ -258,3 +258,87 @@ async fn a_read_overtaken_by_a_change_is_followed_by_a_reset_and_only_then() {
     assert!(!reader.reset_user_holds_if_changed("alice", seen_mine).await.unwrap());
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn holds_queued_together_are_published_as_one_batch_and_each_reply_follows_its_event() {
+    use booking_core::metrics::BookingMetrics;
+    use booking_core::seatmap::{Change, SeatStore};
+    use futures_util::{FutureExt, StreamExt};
+    let env = Env::start().await;
+    let dep = env.small_departure(9006, 6).await;
+    let (svc, reg) = start(&env, holds(600)).await;
+    let c = env.nats_client().await;
+    let rid = format!("seats.departure.{dep}");
+    let mut sub = ModelSubscriber::start(&c, &rid).await;
+    // Another instance holds the departure's lock while the holds arrive: they all queue here.
+    let deps = env.deps().await;
+    let other =
+        SeatStore::new(deps.db, deps.redis, res_service::Events::new(deps.nats), holds(600), BookingMetrics::default());
+    let (locked, is_locked) = tokio::sync::oneshot::channel();
+    let (let_go, go) = tokio::sync::oneshot::channel::<()>();
+    let blocker = tokio::spawn(async move {
+        other
+            .transition(dep, &booking_core::lock::unattended(), || async {
+                locked.send(()).unwrap();
+                go.await.unwrap();
+                Ok(((), Change::default()))
+            })
+            .await
+    });
+    is_locked.await.unwrap();
+    let buyers = 12;
+    let mut calls = Vec::new();
+    for i in 0..buyers {
+        // Each caller has its own connection and watches the map on it: a reply on a connection
+        // comes after every event the service published before it, so once the reply is here the
+        // event of this hold must already be (no waiting).
+        let client = env.nats_client().await;
+        let mut events = client.subscribe(format!("event.{rid}.change")).await.unwrap();
+        res_service::Events::new(client.clone()).flush().await.unwrap();
+        let rid = rid.clone();
+        calls.push(tokio::spawn(async move {
+            let letters = if i % 2 == 0 { ['A', 'B'] } else { ['C', 'D'] };
+            let seats: Vec<String> = letters.iter().map(|l| format!("1-0{}{l}", i / 2 + 1)).collect();
+            let user = token(&format!("buyer{i}"), &["customer"]);
+            call(&client, &rid, "hold", Some(&user), serde_json::json!({ "seats": seats })).await.unwrap();
+            let mut shown = std::collections::BTreeSet::new();
+            while let Some(Some(msg)) = events.next().now_or_never() {
+                let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+                shown.extend(
+                    v["values"].as_object().unwrap().iter().filter(|(_, s)| *s == "held").map(|(k, _)| k.clone()),
+                );
+            }
+            for s in &seats {
+                assert!(shown.contains(s), "buyer{i}'s reply came before the event of {s}: saw {shown:?}");
+            }
+            seats.len()
+        }));
+    }
+    // Give every request time to reach the service's queue, then let the other instance go.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let_go.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    let mut held = 0;
+    for call in calls {
+        held += call.await.unwrap();
+    }
+    assert!(sub.wait_for(Duration::from_secs(5), |m| m.values().filter(|v| *v == "held").count() == held).await);
+    sub.settle(Duration::from_millis(300)).await;
+    assert_eq!(serde_json::to_value(&sub.model).unwrap(), get(&c, &rid).await.unwrap());
+    let text = res_telemetry::admin::render(&reg);
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(metric("booking_transition_batch_size_sum "), buyers as f64, "every hold is in a batch");
+    assert!(
+        metric("booking_transition_batch_size_count ") < buyers as f64,
+        "holds that queued together were published together ({} batches)",
+        metric("booking_transition_batch_size_count ")
+    );
+    svc.shutdown().await;
+}

@@ -565,7 +565,7 @@ impl Orders {
                 record_event(&tx, ORDER_CANCELLED_SUBJECT, &gone, at).await?;
                 tx.commit().await?;
                 self.after_commit(AbortAfter::Cancel);
-                Ok((at, seats))
+                Ok((at, booking_core::seatmap::Change::seats(seats)))
             })
             .await?;
         // Committed: the answer is success whatever follows; the settler finishes what fails.
