@@ -8,6 +8,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "schema", include_str!("../migrations/0001_schema.sql")),
     (2, "outbox", include_str!("../migrations/0002_outbox.sql")),
     (4, "order_holds", include_str!("../migrations/0004_order_holds.sql")),
+    (5, "list_on_publish", include_str!("../migrations/0005_list_on_publish.sql")),
 ];
 
 /// Key of the advisory lock that serializes migrations across instances starting together.

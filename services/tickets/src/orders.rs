@@ -16,9 +16,11 @@
 //! or its process dies, the settler ([`Orders::settle_pending`]) on any instance does it after
 //! [`SETTLE_GRACE_SECS`]. The domain events are outbox rows of the same transaction.
 //!
-//! List order: orders are inserted and their `add` events published under one lock
-//! (`booking:lock:orders`), so `list_seq` (assigned at insert) increases in publish order and
-//! index 0 is always the newest order, on every instance.
+//! List order: an order is inserted on its own, concurrently with others, and then listed: under
+//! one lock (`booking:lock:orders`) it takes the next `list_seq` and its `add` events are
+//! published, so `list_seq` increases in publish order and index 0 is always the newest order, on
+//! every instance. The lists show listed orders only (`list_seq` set), so a list read before an
+//! order's `add` does not already hold it.
 
 use crate::payment::{Charge, PaymentError, PaymentProvider};
 use booking_core::BookingError;
@@ -39,7 +41,7 @@ pub const CURRENCY: &str = "EUR";
 /// this long when it starts.
 const CALL_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Serializes order inserts with their list events (see the module comment).
+/// Serializes orders' places in the lists with their `add` events (see the module comment).
 const ORDERS_LOCK: &str = "booking:lock:orders";
 
 pub fn order_rid(id: &str) -> String {
@@ -270,8 +272,17 @@ impl Orders {
     pub async fn list(&self, user: Option<&str>) -> Result<Vec<String>, BookingError> {
         let client = self.store.db().get().await?;
         let rows = match user {
-            Some(u) => client.query("SELECT id FROM orders WHERE user_id = $1 ORDER BY list_seq DESC", &[&u]).await?,
-            None => client.query("SELECT id FROM orders ORDER BY list_seq DESC", &[]).await?,
+            Some(u) => {
+                client
+                    .query(
+                        "SELECT id FROM orders WHERE user_id = $1 AND list_seq IS NOT NULL ORDER BY list_seq DESC",
+                        &[&u],
+                    )
+                    .await?
+            }
+            None => {
+                client.query("SELECT id FROM orders WHERE list_seq IS NOT NULL ORDER BY list_seq DESC", &[]).await?
+            }
         };
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -397,27 +408,13 @@ impl Orders {
             payment_ref: payment.reference.clone(),
             idempotency_key: p.idempotency_key.clone(),
         };
-        let guard = match self.locks.acquire(ORDERS_LOCK, deadline).await {
+        if deadline.passed() {
             // Nobody waits for this order any more: do not place it.
-            Ok(g) if deadline.passed() => {
-                g.release().await?;
-                self.refund_unsold(&payment.reference, total).await;
-                return Err(BookingError::Busy);
-            }
-            Ok(g) => g,
-            Err(e) => {
-                self.refund_unsold(&payment.reference, total).await;
-                return Err(e);
-            }
-        };
-        if guard.in_doubt() {
-            // The previous holder may have died between inserting an order and adding it to the
-            // lists: every cached order list is fetched again.
-            self.store.events().reset(&[ORDERS_RID, "tickets.user.>"], &[]).await?;
+            self.refund_unsold(&payment.reference, total).await;
+            return Err(BookingError::Busy);
         }
         let inserted = self.insert(&mut order).await;
         if let Err(e) = inserted {
-            drop(guard);
             let twin = matches!(&e, BookingError::Db(db)
                 if is_unique_violation(db, "orders_user_id_idempotency_key_key") || is_unique_violation(db, "orders_hold_id_key")
                     || is_unique_violation(db, "order_holds_pkey"));
@@ -445,28 +442,47 @@ impl Orders {
                 }
             };
         }
-        let ev = self.store.events();
-        let item = Value::reference(&order_rid(&order.id));
-        let listed = async {
-            ev.add(&user_rid(&who.sub), 0, &item).await?;
-            ev.add(ORDERS_RID, 0, &item).await?;
-            ev.flush().await?;
-            Ok::<_, BookingError>(())
-        }
-        .await;
-        let released = guard.release().await;
+        let listed = self.place_in_lists(&order).await;
         if let Err(e) = &listed {
-            tracing::warn!(error = %e, order = %order.id, "list events not published; the settler resets the lists");
-        }
-        let in_order = matches!(released, Ok(true));
-        if listed.is_ok() && !in_order {
-            let user = user_rid(&who.sub);
-            if let Err(e) = ev.reset(&[user.as_str(), ORDERS_RID], &[]).await {
-                tracing::warn!(error = %e, "list reset failed");
-                return Ok((order, false));
-            }
+            tracing::warn!(error = %e, order = %order.id, "order not listed; the settler lists it");
         }
         Ok((order, listed.is_ok()))
+    }
+
+    /// Lists a committed order: gives it the next place (`list_seq`) and publishes its `add` to the
+    /// owner's and the operators' lists, under the orders lock. Idempotent: an order listed already
+    /// keeps its place and nothing is published.
+    async fn place_in_lists(&self, order: &Order) -> Result<(), BookingError> {
+        let guard = self.locks.acquire(ORDERS_LOCK, &booking_core::lock::unattended()).await?;
+        let ev = self.store.events();
+        let user = user_rid(&order.user_id);
+        if guard.in_doubt() {
+            // The previous holder may have died between placing an order in the lists and
+            // publishing it there: every cached order list is fetched again.
+            ev.reset(&[ORDERS_RID, "tickets.user.>"], &[]).await?;
+        }
+        let placed = self
+            .store
+            .db()
+            .get()
+            .await?
+            .execute(
+                "UPDATE orders SET list_seq = nextval(pg_get_serial_sequence('orders', 'list_seq'))
+                 WHERE id = $1 AND list_seq IS NULL",
+                &[&order.id],
+            )
+            .await?;
+        if placed == 1 {
+            let item = Value::reference(&order_rid(&order.id));
+            ev.add(&user, 0, &item).await?;
+            ev.add(ORDERS_RID, 0, &item).await?;
+            ev.flush().await?;
+        }
+        if !guard.release().await? {
+            // The lease expired while held: another holder's adds may have interleaved.
+            ev.reset(&[user.as_str(), ORDERS_RID], &[]).await?;
+        }
+        Ok(())
     }
 
     /// Paid but not sold: give the money back.
@@ -642,7 +658,7 @@ impl Orders {
             .query(
                 "SELECT id FROM orders WHERE settled_at IS NULL
                    AND COALESCE(cancelled_at, created_at) < now() - make_interval(secs => $1)
-                 ORDER BY list_seq LIMIT 50",
+                 ORDER BY created_at LIMIT 50",
                 &[&SETTLE_GRACE_SECS],
             )
             .await?
@@ -662,6 +678,7 @@ impl Orders {
                     continue;
                 }
             }
+            self.place_in_lists(&order).await?;
             let (order_res, user) = (order_rid(&order.id), user_rid(&order.user_id));
             self.store.events().reset(&[order_res.as_str(), user.as_str(), ORDERS_RID], &[]).await?;
             self.mark_settled(&order).await;

@@ -318,6 +318,11 @@ async fn hundreds_of_buyers_two_instances_no_double_sale_and_maps_converge() {
     let seats: Arc<Vec<String>> =
         Arc::new(get(&c, &rid).await.unwrap().as_object().unwrap().keys().cloned().collect::<Vec<_>>());
     assert_eq!(seats.len(), 24);
+    // The operators' list as a gateway keeps it: fetched once, then every add/remove applied.
+    let lists = env.nats_client().await;
+    let mut list_events = lists.subscribe("event.tickets.orders.*").await.unwrap();
+    res_service::Events::new(lists.clone()).flush().await.unwrap();
+    let mut followed: Vec<serde_json::Value> = get(&lists, "tickets.orders").await.unwrap().as_array().unwrap().clone();
 
     let started = Instant::now();
     let buyers: Vec<_> = (0..300).map(|n| tokio::spawn(buyer(c.clone(), dep, n, seats.clone()))).collect();
@@ -397,5 +402,20 @@ async fn hundreds_of_buyers_two_instances_no_double_sale_and_maps_converge() {
     let tickets: i64 =
         db.query_one("SELECT count(*) FROM tickets WHERE departure_id = $1", &[&dep]).await.unwrap().get(0);
     assert_eq!(inst.metric("booking_seats_sold_total"), tickets as u64);
+    // Orders placed concurrently by two instances: the list built from the events is the list a
+    // fresh read returns, in the same order (newest first), each order once.
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), list_events.next()).await {
+        let ev: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let idx = ev["idx"].as_u64().unwrap() as usize;
+        match m.subject.as_str() {
+            "event.tickets.orders.add" => followed.insert(idx, ev["value"].clone()),
+            "event.tickets.orders.remove" => {
+                followed.remove(idx);
+            }
+            other => panic!("unexpected list event {other}"),
+        }
+    }
+    assert_eq!(followed.len(), total.bought);
+    assert_eq!(serde_json::Value::Array(followed), get(&c, "tickets.orders").await.unwrap());
     inst.shutdown().await;
 }
