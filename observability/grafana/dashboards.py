@@ -221,6 +221,10 @@ b.ts("Latency per action (p50 / p99)", [
     ('histogram_quantile(0.5, sum by (le, method) (rate(res_service_call_duration_seconds_bucket{service=~"seats|tickets", method!="unknown"}[$__rate_interval])))', "p50 {{method}}"),
     ('histogram_quantile(0.99, sum by (le, method) (rate(res_service_call_duration_seconds_bucket{service=~"seats|tickets", method!="unknown"}[$__rate_interval])))', "p99 {{method}}")],
     unit="s", desc="Service time of hold, release, purchase and cancel (from the request's arrival to its reply).")
+b.ts("Seat transitions per published batch (group commit)", [
+    ('sum(rate(booking_transition_batch_size_sum[$__rate_interval])) / sum(rate(booking_transition_batch_size_count[$__rate_interval]))', "mean"),
+    ('histogram_quantile(0.99, sum by (le) (rate(booking_transition_batch_size_bucket[$__rate_interval])))', "p99")],
+    desc="Holds, releases and sales of one departure published together under one lease. Near 1 when quiet; it grows with the queue on a sale day (at most 32).")
 b.ts("Error replies /s by code", [
     ('sum by (service, code) (rate(res_service_errors_total[$__rate_interval]))', "{{service}} {{code}}")], unit="reqps",
     desc="Refusals (booking.seatTaken, paymentDeclined) are normal on a sale day; system.timeout and booking.busy are not.")
