@@ -45,6 +45,17 @@ fn may_see(who: Option<&Claims>, owner: &str) -> bool {
     who.is_some_and(|c| c.sub == owner || c.is_operator())
 }
 
+/// Once a list get's reply is routed, resets the list if a listing overlapped its read
+/// ([`Orders::reset_list_if_moved`]); a failure is logged, the reply stands.
+fn recheck_list(req: &res_service::Request, orders: &Orders, seen: i64) {
+    let (orders, rid) = (orders.clone(), req.rid().to_owned());
+    req.after_reply(async move {
+        if let Err(e) = orders.reset_list_if_moved(&rid, seen).await {
+            tracing::warn!(rid, error = %e, "checking a list after its get failed");
+        }
+    });
+}
+
 pub fn service(orders: Orders) -> Service {
     let (o1, o2, o3, o4, o5, o6) =
         (orders.clone(), orders.clone(), orders.clone(), orders.clone(), orders.clone(), orders);
@@ -58,10 +69,12 @@ pub fn service(orders: Orders) -> Service {
                         None => denied(),
                     })
                 })
-                .get(move |_req| {
+                .get(move |req| {
                     let orders = o1.clone();
                     async move {
+                        let seen = orders.listing_version().await?;
                         let ids = orders.list(None).await?;
+                        recheck_list(&req, &orders, seen);
                         Resource::collection(
                             ids.iter().map(|id| res_service::reference(&orders::order_rid(id))).collect::<Vec<_>>(),
                         )
@@ -120,7 +133,9 @@ pub fn service(orders: Orders) -> Service {
                 .get(move |req| {
                     let orders = o6.clone();
                     async move {
+                        let seen = orders.listing_version().await?;
                         let ids = orders.list(Some(req.path("sub"))).await?;
+                        recheck_list(&req, &orders, seen);
                         Resource::collection(
                             ids.iter().map(|id| res_service::reference(&orders::order_rid(id))).collect::<Vec<_>>(),
                         )
@@ -163,7 +178,7 @@ pub async fn start(
     let locks = Locks::new(deps.redis.clone(), Duration::from_secs(10), Duration::from_secs(8));
     let cancel = CancellationToken::new();
     let relay = booking_core::outbox::start_relay(&deps, store.outbox(), registry, cancel.clone()).await?;
-    let orders = Orders { store, payments, locks, metrics, abort_after };
+    let orders = Orders { store, payments, locks, metrics, abort_after, redis: deps.redis.clone() };
     let settler = tokio::spawn(orders.clone().run_settler(cancel.clone()));
     let tasks = vec![relay, settler];
     let started = service(orders)

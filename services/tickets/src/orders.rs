@@ -19,8 +19,11 @@
 //! List order: an order is inserted on its own, concurrently with others, and then listed: under
 //! one lock (`booking:lock:orders`) it takes the next `list_seq` and its `add` events are
 //! published, so `list_seq` increases in publish order and index 0 is always the newest order, on
-//! every instance. The lists show listed orders only (`list_seq` set), so a list read before an
-//! order's `add` does not already hold it.
+//! every instance. The lists show listed orders only (`list_seq` set). A list read that
+//! overlaps a listing (it may hold the order and be answered before the order's `add` reaches the
+//! gateway, which would add it twice) is followed by a reset of that list: listing steps a
+//! counter before and after (odd while in progress), and a list get reads it before its read and
+//! again once its reply is routed ([`Orders::reset_list_if_moved`]).
 
 use crate::payment::{Charge, PaymentError, PaymentProvider};
 use booking_core::BookingError;
@@ -43,6 +46,9 @@ const CALL_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Serializes orders' places in the lists with their `add` events (see the module comment).
 const ORDERS_LOCK: &str = "booking:lock:orders";
+/// Counts steps of listing, under the orders lock: odd while an order is being listed (placed and
+/// its `add` events not yet out), even between. See [`Orders::reset_list_if_moved`].
+const LISTING: &str = "booking:orders:listing";
 
 pub fn order_rid(id: &str) -> String {
     format!("tickets.order.{id}")
@@ -193,6 +199,7 @@ pub struct Orders {
     pub locks: Locks,
     pub metrics: BookingMetrics,
     pub abort_after: Option<AbortAfter>,
+    pub redis: redis::aio::ConnectionManager,
 }
 
 /// RFC 3339 in UTC with milliseconds (`2026-11-22T03:50:00.123Z`).
@@ -458,9 +465,14 @@ impl Orders {
         let user = user_rid(&order.user_id);
         if guard.in_doubt() {
             // The previous holder may have died between placing an order in the lists and
-            // publishing it there: every cached order list is fetched again.
+            // publishing it there: every cached order list is fetched again, and a listing step
+            // it left open is closed.
             ev.reset(&[ORDERS_RID, "tickets.user.>"], &[]).await?;
+            if self.listing_version().await? % 2 == 1 {
+                self.step_listing().await?;
+            }
         }
+        self.step_listing().await?;
         let placed = self
             .store
             .db()
@@ -478,11 +490,41 @@ impl Orders {
             ev.add(ORDERS_RID, 0, &item).await?;
             ev.flush().await?;
         }
+        self.step_listing().await?;
         if !guard.release().await? {
             // The lease expired while held: another holder's adds may have interleaved.
             ev.reset(&[user.as_str(), ORDERS_RID], &[]).await?;
         }
         Ok(())
+    }
+
+    async fn step_listing(&self) -> Result<(), BookingError> {
+        booking_core::redis_retry::retry_once(&self.redis, |mut c| async move {
+            redis::cmd("INCR").arg(LISTING).query_async::<()>(&mut c).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Read before a list get reads the list; see [`reset_list_if_moved`](Self::reset_list_if_moved).
+    pub async fn listing_version(&self) -> Result<i64, BookingError> {
+        let v: Option<i64> = booking_core::redis_retry::retry_once(&self.redis, |mut c| async move {
+            redis::cmd("GET").arg(LISTING).query_async(&mut c).await
+        })
+        .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// After a list get's reply was routed (`res_service::Request::after_reply`): if a listing was
+    /// in progress when it read (`seen` odd) or one started since, the reply may hold an order
+    /// whose `add` the gateway applies after it (twice in its cache) or lack one whose `add` came
+    /// first, so `rid` is reset and fetched again. Returns whether it reset.
+    pub async fn reset_list_if_moved(&self, rid: &str, seen: i64) -> Result<bool, BookingError> {
+        if seen % 2 == 0 && self.listing_version().await? == seen {
+            return Ok(false);
+        }
+        self.store.events().reset(&[rid], &[]).await?;
+        Ok(true)
     }
 
     /// Paid but not sold: give the money back.

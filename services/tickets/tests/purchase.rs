@@ -419,3 +419,45 @@ async fn hundreds_of_buyers_two_instances_no_double_sale_and_maps_converge() {
     assert_eq!(serde_json::Value::Array(followed), get(&c, "tickets.orders").await.unwrap());
     inst.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_list_read_overlapping_a_listing_is_followed_by_a_reset_of_that_list() {
+    let env = Env::start().await;
+    let dep = env.small_departure(7005, 1).await;
+    let inst = Instances::start(&env, 1, 600).await;
+    let c = env.nats_client().await;
+    let mut resets = c.subscribe("system.reset").await.unwrap();
+    res_service::Events::new(c.clone()).flush().await.unwrap();
+    let mut redis = env.deps().await.redis;
+    let listing = |mut r: redis::aio::ConnectionManager| async move {
+        redis::cmd("GET").arg("booking:orders:listing").query_async::<Option<i64>>(&mut r).await.unwrap().unwrap_or(0)
+    };
+    let named = |m: async_nats::Message| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        v["resources"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_owned)).collect()
+    };
+
+    // A purchase lists its order in two steps: the counter is even again, two further on.
+    let before = listing(redis.clone()).await;
+    let ann = token("ann", &["customer"]);
+    let rid = format!("seats.departure.{dep}");
+    let hold = call(&c, &rid, "hold", Some(&ann), serde_json::json!({"seats": ["1-01A"]})).await.unwrap();
+    call(&c, "tickets.orders", "purchase", Some(&ann), purchase_params(dep, &hold, APPROVE, "k")).await.unwrap();
+    assert_eq!(listing(redis.clone()).await, before + 2);
+
+    // A listing in progress (another instance between placing an order and its add events): a
+    // list read now may hold the order before its add, so the list read is reset once answered.
+    let _: i64 = redis::cmd("INCR").arg("booking:orders:listing").query_async(&mut redis).await.unwrap();
+    assert_eq!(get(&c, "tickets.user.ann").await.unwrap().as_array().unwrap().len(), 1);
+    let reset = tokio::time::timeout(Duration::from_secs(5), resets.next()).await.expect("a reset").unwrap();
+    assert_eq!(named(reset), ["tickets.user.ann"]);
+    // The listing ends; a read with none in progress or started is left alone (no reset before
+    // the next one's, which the closed listing forces).
+    let _: i64 = redis::cmd("INCR").arg("booking:orders:listing").query_async(&mut redis).await.unwrap();
+    get(&c, "tickets.user.ann").await.unwrap();
+    let _: i64 = redis::cmd("INCR").arg("booking:orders:listing").query_async(&mut redis).await.unwrap();
+    get(&c, "tickets.orders").await.unwrap();
+    let reset = tokio::time::timeout(Duration::from_secs(5), resets.next()).await.expect("a reset").unwrap();
+    assert_eq!(named(reset), ["tickets.orders"], "the quiet read of tickets.user.ann was not reset");
+    inst.shutdown().await;
+}
