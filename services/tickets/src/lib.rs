@@ -175,7 +175,7 @@ pub async fn start(
     let timeout = holds.request_timeout();
     let events = res_service::Events::new(deps.nats.clone());
     let store = SeatStore::new(deps.db.clone(), deps.redis.clone(), events, holds, metrics.clone());
-    let locks = Locks::new(deps.redis.clone(), Duration::from_secs(10), Duration::from_secs(8));
+    let locks = Locks::new(deps.redis.clone(), orders::ORDERS_LEASE, Duration::from_secs(8));
     let cancel = CancellationToken::new();
     let relay = booking_core::outbox::start_relay(&deps, store.outbox(), registry, cancel.clone()).await?;
     let orders = Orders { store, payments, locks, metrics, abort_after, redis: deps.redis.clone() };

@@ -49,6 +49,8 @@ const ORDERS_LOCK: &str = "booking:lock:orders";
 /// Counts steps of listing, under the orders lock: odd while an order is being listed (placed and
 /// its `add` events not yet out), even between. See [`Orders::reset_list_if_moved`].
 const LISTING: &str = "booking:orders:listing";
+/// The orders lock's lease: no listing step stays open longer unless its lister died.
+pub const ORDERS_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn order_rid(id: &str) -> String {
     format!("tickets.order.{id}")
@@ -515,12 +517,21 @@ impl Orders {
         Ok(v.unwrap_or(0))
     }
 
-    /// After a list get's reply was routed (`res_service::Request::after_reply`): if a listing was
-    /// in progress when it read (`seen` odd) or one started since, the reply may hold an order
-    /// whose `add` the gateway applies after it (twice in its cache) or lack one whose `add` came
-    /// first, so `rid` is reset and fetched again. Returns whether it reset.
+    /// After a list get's reply was routed (`res_service::Request::after_reply`): if a listing
+    /// started or ended since `seen`, the reply may hold an order whose `add` the gateway applies
+    /// after it (twice in its cache) or lack one whose `add` came first, so `rid` is reset and
+    /// fetched again. A listing in progress when the list was read (`seen` odd) is waited for, at
+    /// most a lease: resetting at once would re-fetch into the same open step again and again if
+    /// its lister died (killed between its steps), and a dead lister's `add` never comes (the next
+    /// holder of the orders lock finds it in doubt and resets every list). Returns whether it reset.
     pub async fn reset_list_if_moved(&self, rid: &str, seen: i64) -> Result<bool, BookingError> {
-        if seen % 2 == 0 && self.listing_version().await? == seen {
+        let give_up = tokio::time::Instant::now() + ORDERS_LEASE;
+        let mut now = self.listing_version().await?;
+        while now == seen && seen % 2 == 1 && tokio::time::Instant::now() < give_up {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            now = self.listing_version().await?;
+        }
+        if now == seen {
             return Ok(false);
         }
         self.store.events().reset(&[rid], &[]).await?;

@@ -446,14 +446,15 @@ async fn a_list_read_overlapping_a_listing_is_followed_by_a_reset_of_that_list()
     assert_eq!(listing(redis.clone()).await, before + 2);
 
     // A listing in progress (another instance between placing an order and its add events): a
-    // list read now may hold the order before its add, so the list read is reset once answered.
+    // list read now may hold the order before its add, so once the listing ends the list read is
+    // reset.
     let _: i64 = redis::cmd("INCR").arg("booking:orders:listing").query_async(&mut redis).await.unwrap();
     assert_eq!(get(&c, "tickets.user.ann").await.unwrap().as_array().unwrap().len(), 1);
+    let _: i64 = redis::cmd("INCR").arg("booking:orders:listing").query_async(&mut redis).await.unwrap();
     let reset = tokio::time::timeout(Duration::from_secs(5), resets.next()).await.expect("a reset").unwrap();
     assert_eq!(named(reset), ["tickets.user.ann"]);
-    // The listing ends. The check itself, as another instance runs it once a read's reply is
-    // out: nothing moved since an even count, no reset; a listing started since, reset.
-    let _: i64 = redis::cmd("INCR").arg("booking:orders:listing").query_async(&mut redis).await.unwrap();
+    // The check itself, as another instance runs it once a read's reply is out: nothing moved
+    // since an even count, no reset; a listing started since, reset.
     let deps = env.deps().await;
     let events = res_service::Events::new(deps.nats.clone());
     let orders = tickets::orders::Orders {
