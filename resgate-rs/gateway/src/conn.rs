@@ -146,7 +146,7 @@ impl Conn {
             id,
             cid,
             shared,
-            outlet: Arc::new(tx.clone()),
+            outlet: tx.outlet(),
             tx,
             version: ProtocolVersion::LEGACY_DEFAULT,
             token: None,
@@ -707,7 +707,7 @@ impl Conn {
                         rids.iter().flat_map(|r| r.iter().cloned()).chain([rid.clone()]).collect();
                     if rids.len() > 1 {
                         // Each subscription takes the event under its own ID: the task writes it.
-                        self.tx.set_direct(entry.id, false);
+                        entry.set_direct(self.id, false);
                     }
                     self.by_entry.insert(entry.id, rids.into());
                     let sub = Sub {
@@ -735,7 +735,7 @@ impl Conn {
     fn remove_sub(&mut self, rid: &Arc<str>) {
         let Some(sub) = self.subs.remove(rid) else { return };
         let id = sub.entry.id;
-        self.tx.set_direct(id, false);
+        sub.entry.set_direct(self.id, false);
         let rest: Vec<Arc<str>> =
             self.by_entry.remove(&id).iter().flat_map(|r| r.iter()).filter(|r| *r != rid).cloned().collect();
         if rest.is_empty() {
@@ -772,11 +772,10 @@ impl Conn {
             let Some(sub) = self.subs.get_mut(&rid) else { continue };
             if let Some((is_model, json)) = sub.unsent.take() {
                 stack.extend(sub.refs.iter().cloned());
-                let entry = sub.entry.id;
-                if *sub.entry.key == *rid && self.by_entry.get(&entry).is_some_and(|r| r.len() == 1) {
+                if *sub.entry.key == *rid && self.by_entry.get(&sub.entry.id).is_some_and(|r| r.len() == 1) {
                     // Sent under the entry's own ID, the only subscription on it: its simple
                     // events can go straight to the socket once the task is idle.
-                    self.tx.set_direct(entry, true);
+                    sub.entry.set_direct(self.id, true);
                 }
                 if is_model { &mut models } else { &mut collections }.push((rid, json));
             }

@@ -9,8 +9,23 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Where a cache entry's events go: one outlet per subscribed connection.
 pub trait Outlet: Send + Sync {
-    /// Queues an event; `false` when the receiver is gone or over its budget.
-    fn send_event(&self, ev: &Arc<ResourceEvent>) -> bool;
+    /// Hands an event over. `direct`: the entry's subscriber slot says this receiver may take
+    /// the entry's events straight to its socket (see `inbox`), so the outlet may write it there
+    /// instead of queueing it.
+    fn send_event(&self, ev: &Arc<ResourceEvent>, direct: bool) -> Delivery;
+}
+
+/// What became of one event handed to an outlet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for the receiver's task.
+    Queued,
+    /// Written whole to the receiver's socket.
+    Written,
+    /// Written in part to the socket; the receiver's task writes the rest.
+    WrittenInPart,
+    /// Not taken: the receiver is gone or over its budget.
+    Refused,
 }
 
 /// A resource event, decoded and applied, ready to be written to clients.

@@ -32,8 +32,7 @@ impl FanOut {
         for conn in 0..n {
             // No budget in the way: nothing here consumes the queued bytes.
             let (tx, rx) = ConnTx::new(usize::MAX / 2);
-            let outlet: Arc<dyn Outlet> = Arc::new(tx);
-            entry.register(conn as u64, &outlet, false).expect("loaded");
+            entry.register(conn as u64, &tx.outlet(), false).expect("loaded");
             inboxes.push(rx);
         }
         let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
@@ -66,7 +65,7 @@ pub struct Lookup {
 impl Default for Lookup {
     fn default() -> Lookup {
         let (tx, inbox) = ConnTx::new(usize::MAX / 2);
-        Lookup { entry: loaded_entry(), outlet: Arc::new(tx), _inbox: inbox }
+        Lookup { entry: loaded_entry(), outlet: tx.outlet(), _inbox: inbox }
     }
 }
 

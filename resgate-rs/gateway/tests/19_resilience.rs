@@ -177,6 +177,63 @@ async fn a_reader_that_pauses_mid_fan_out_gets_every_event_in_order() {
     assert!(count("resgate_direct_partial_writes_total") > 0.0, "no direct write was cut short");
 }
 
+/// A connection the gateway closes ends at the TCP level at once, though one of its requests is
+/// still out (its task holds the connection's sending side) and another client keeps the entry
+/// it took events from directly: direct delivery holds the socket only while the connection's
+/// task runs. The other client's events go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_lets_go_of_its_socket_while_a_request_is_out() {
+    let mut env = TestEnv::start_with(|c| {
+        c.max_inbound_frame = 1024;
+        c.request_timeout = 60_000;
+    })
+    .await;
+    let mut other = env.client().await;
+    sub_model(&mut env, &mut other, "test.model", json!({"n": 0})).await;
+    let mut ws = ws_connect_raw(&env.ws_url(), &[]).await.unwrap();
+    let next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>| -> Value {
+        loop {
+            match timeout(WAIT, ws.next()).await.expect("a frame") {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+                Some(Ok(_)) => {}
+                m => panic!("connection ended: {m:?}"),
+            }
+        }
+    };
+    ws.send(Message::text(r#"{"id":1,"method":"subscribe.test.model"}"#)).await.unwrap();
+    env.service.expect("access.test.model").await.respond_access(true, Some("*")).await;
+    assert_eq!(next_text(&mut ws).await["id"], json!(1), "subscribed");
+    // Events once the connection is idle are written by the fan-out itself.
+    for n in 1..=3 {
+        env.service.publish_event("test.model", "change", json!({"values": {"n": n}})).await;
+        assert_eq!(other.expect_event("test.model.change").await["values"]["n"], json!(n));
+        assert_eq!(next_text(&mut ws).await["data"]["values"]["n"], json!(n));
+    }
+    // A call the service leaves unanswered (the request timeout is a minute).
+    ws.send(Message::text(r#"{"id":2,"method":"call.test.model.wait"}"#)).await.unwrap();
+    let _unanswered = env.service.expect("call.test.model.wait").await;
+    let big = format!(r#"{{"id":3,"method":"version","params":{{"x":"{}"}}}}"#, "y".repeat(2048));
+    ws.send(Message::text(big)).await.unwrap();
+    let close = timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                m => panic!("connection ended without a close frame: {m:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a close frame");
+    assert_eq!(close, Some(1009));
+    // Past the close frame, the socket itself ends: end of file or a reset, not silence.
+    let mut buf = [0u8; 64];
+    let tail = timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(ws.get_mut(), &mut buf)).await;
+    assert!(matches!(tail, Ok(Ok(0)) | Ok(Err(_))), "the closed connection's socket is still open: {tail:?}");
+    env.service.publish_event("test.model", "change", json!({"values": {"n": 4}})).await;
+    assert_eq!(other.expect_event("test.model.change").await["values"]["n"], json!(4));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_that_connection_only() {
     let env = TestEnv::start_with(|c| c.max_inbound_frame = 1024).await;
