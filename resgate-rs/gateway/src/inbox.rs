@@ -153,8 +153,7 @@ impl ConnTx {
     /// pending (no blocked operation, no internal queue). Idle again if nothing was sent meanwhile.
     pub fn end_turn(&self, settled: bool) {
         let mut d = self.0.direct.lock();
-        d.idle =
-            d.socket.is_some() && settled && d.rest.is_empty() && self.0.pending.load(Ordering::Acquire) == 0;
+        d.idle = d.socket.is_some() && settled && d.rest.is_empty() && self.0.pending.load(Ordering::Acquire) == 0;
     }
 
     /// The connection is closing: no more direct writes, and the socket is the task's alone.

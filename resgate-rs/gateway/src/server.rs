@@ -162,9 +162,8 @@ async fn ws_upgrade(req: Request<Incoming>, remote: SocketAddr, shared: Arc<Shar
                     Ok(parts) => {
                         let socket = Arc::new(parts.io.into_inner());
                         // Deflated frames are per connection; direct writes are the shared bytes.
-                        let _direct_off = (!deflate).then(|| {
-                            tx.enable_direct(&socket, ProtocolVersion::LEGACY_DEFAULT.is_legacy_values())
-                        });
+                        let _direct_off = (!deflate)
+                            .then(|| tx.enable_direct(&socket, ProtocolVersion::LEGACY_DEFAULT.is_legacy_values()));
                         let ws = WsStream::new(ws::SharedTcp(socket), max, deflate, &parts.read_buf);
                         // `read_buf` shares hyper's whole HTTP read buffer (8 KiB), even when
                         // empty: dropped now, not when the connection ends.
