@@ -225,6 +225,13 @@ impl TxShared {
     }
 }
 
+/// A peer that has gone must be an error, not a SIGPIPE: the binary ignores the signal, but a
+/// host embedding the gateway need not (std's own socket writes pass the same flag).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: i32 = 0;
+
 impl Outlet for TxShared {
     fn send_event(&self, ev: &Arc<ResourceEvent>, direct: bool) -> Delivery {
         if !direct {
@@ -236,7 +243,7 @@ impl Outlet for TxShared {
                 // Straight to the descriptor: tokio's readiness is the task's to keep, and a
                 // write that would block only hands the rest to the task.
                 let wire = ev.wire_frame(d.legacy);
-                (wire, socket2::SockRef::from(&**socket).send(wire))
+                (wire, socket2::SockRef::from(&**socket).send_with_flags(wire, SEND_FLAGS))
             }
             // Queued under the lock: the task takes idleness back only with nothing queued.
             _ => return self.queue_event(ev),
