@@ -293,10 +293,10 @@ impl Entry {
         }
         let ev = Arc::new(ev);
         let direct_ok = ev.needs_no_state();
-        let (mut delivered, mut written, mut in_part) = (0usize, 0u64, 0u64);
+        let (mut queued, mut written, mut in_part) = (0usize, 0u64, 0u64);
         for sub in st.subscribers.values() {
             match sub.outlet.send_event(&ev, direct_ok && sub.direct) {
-                Delivery::Queued => delivered += 1,
+                Delivery::Queued => queued += 1,
                 Delivery::Written => written += 1,
                 Delivery::WrittenInPart => in_part += 1,
                 Delivery::Refused => {}
@@ -310,7 +310,7 @@ impl Entry {
         if in_part > 0 {
             metrics.direct_partial_writes.inc_by(in_part);
         }
-        let n = delivered + direct as usize;
+        let n = queued + direct as usize;
         metrics.event_deliveries.inc_by(n as u64);
         n
     }
