@@ -6,6 +6,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -219,9 +220,293 @@ pub async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
 }
 
+/// Largest message a [`Reader`] accepts: far above any frame of the tool's scenarios.
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// The receiving side of a client once it is set up, without tungstenite.
+///
+/// At a gateway's maximum the tool's readers share the machine's two cores with the gateway, so
+/// every microsecond they spend per delivery is taken from the gateway under test, and more so
+/// from the faster one. tungstenite's stream spent about 40 % of the tool's CPU in user space
+/// (a proxy waker per read, a buffer split and UTF-8 check per message); this reader parses the
+/// server's frames in place from one buffer that is never cleared, and does only what a client
+/// must: answers pings, joins fragments, and stops at a close frame.
+pub struct Reader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Unparsed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// A fragmented message: being joined while `joining`, else the one returned last.
+    joined: Vec<u8>,
+    joining: bool,
+    /// The message returned last, to drop from the buffer on the next call.
+    consumed: usize,
+}
+
+/// One frame's header, once its bytes are in the buffer.
+struct Header {
+    fin: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    header_len: usize,
+    payload_len: usize,
+}
+
+fn parse_header(b: &[u8]) -> std::io::Result<Option<Header>> {
+    if b.len() < 2 {
+        return Ok(None);
+    }
+    let (fin, opcode, masked, len7) = (b[0] & 0x80 != 0, b[0] & 0x0F, b[1] & 0x80 != 0, b[1] & 0x7F);
+    let (ext, payload_len) = match len7 {
+        126 if b.len() >= 4 => (2, u16::from_be_bytes([b[2], b[3]]) as u64),
+        127 if b.len() >= 10 => (8, u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"))),
+        126 | 127 => return Ok(None),
+        n => (0, n as u64),
+    };
+    let header_len = 2 + ext + if masked { 4 } else { 0 };
+    if b.len() < header_len {
+        return Ok(None);
+    }
+    if payload_len > MAX_MESSAGE as u64 {
+        return Err(invalid(format!("frame of {payload_len} bytes")));
+    }
+    let mask = masked.then(|| b[header_len - 4..header_len].try_into().expect("4 bytes"));
+    Ok(Some(Header { fin, opcode, mask, header_len, payload_len: payload_len as usize }))
+}
+
+fn invalid(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+}
+
+/// A client frame (clients mask what they send) with `opcode` and `payload`.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let key: [u8; 4] = rand::random();
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+impl Reader {
+    /// Takes over a set-up client. tungstenite may hold bytes it read but has not parsed; the
+    /// scenarios hand a client over only after its last response, before any event is sent.
+    pub fn new(ws: Ws) -> Reader {
+        Reader::from_stream(ws.into_inner())
+    }
+
+    fn from_stream(stream: TcpStream) -> Reader {
+        Reader { stream, buf: vec![0; 4096], start: 0, end: 0, joined: Vec::new(), joining: false, consumed: 0 }
+    }
+
+    /// The next text or binary message's payload; `None` at a close frame or end of stream.
+    pub async fn next_message(&mut self) -> std::io::Result<Option<&[u8]>> {
+        self.start += std::mem::take(&mut self.consumed);
+        if !self.joining {
+            self.joined.clear();
+        }
+        loop {
+            let Some(h) = parse_header(&self.buf[self.start..self.end])? else {
+                if !self.read_more(self.end - self.start + 1).await? {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let frame_len = h.header_len + h.payload_len;
+            if self.end - self.start < frame_len {
+                if !self.read_more(frame_len).await? {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let at = self.start + h.header_len;
+            let payload = at..at + h.payload_len;
+            if let Some(key) = h.mask {
+                self.buf[payload.clone()].iter_mut().enumerate().for_each(|(i, b)| *b ^= key[i % 4]);
+            }
+            match (h.opcode, self.joining) {
+                (0x8, _) => return Ok(None),
+                (0x9, _) => {
+                    let pong = client_frame(0xA, &self.buf[payload]);
+                    self.start += frame_len;
+                    self.stream.write_all(&pong).await?;
+                }
+                (0xA, _) => self.start += frame_len,
+                (0x1 | 0x2, false) if h.fin => {
+                    self.consumed = frame_len;
+                    return Ok(Some(&self.buf[payload]));
+                }
+                (0x1 | 0x2, false) | (0x0, true) => {
+                    if self.joined.len() + h.payload_len > MAX_MESSAGE {
+                        return Err(invalid("fragmented message too large".into()));
+                    }
+                    self.joined.extend_from_slice(&self.buf[payload]);
+                    self.start += frame_len;
+                    self.joining = !h.fin;
+                    if h.fin {
+                        return Ok(Some(&self.joined));
+                    }
+                }
+                (0x0, false) => return Err(invalid("a continuation frame with no message to continue".into())),
+                (0x1 | 0x2, true) => return Err(invalid("a new message inside a fragmented one".into())),
+                (op, _) => return Err(invalid(format!("unknown frame opcode {op}"))),
+            }
+        }
+    }
+
+    /// Reads until `need` unparsed bytes are buffered; false at end of stream.
+    async fn read_more(&mut self, need: usize) -> std::io::Result<bool> {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        while self.end < need {
+            match self.stream.read(&mut self.buf[self.end..]).await? {
+                0 => return Ok(false),
+                got => self.end += got,
+            }
+        }
+        Ok(true)
+    }
+
+    /// Closes politely (close frame, bounded wait); the socket drops either way.
+    pub async fn close(mut self) {
+        let frame = client_frame(0x8, &[]);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&frame)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server frame (unmasked unless `mask` is given).
+    fn server_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n @ 0..=125 => out.push(m | n as u8),
+            n @ 126..=0xFFFF => {
+                out.push(m | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(m | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        match mask {
+            Some(key) => {
+                out.extend_from_slice(&key);
+                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            }
+            None => out.extend_from_slice(payload),
+        }
+        out
+    }
+
+    /// A connected pair: the reader's side, and the "server" side the test writes.
+    async fn pair() -> (Reader, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Reader::from_stream(client), server)
+    }
+
+    async fn next(r: &mut Reader) -> Option<Vec<u8>> {
+        r.next_message().await.unwrap().map(<[u8]>::to_vec)
+    }
+
+    #[tokio::test]
+    async fn the_reader_returns_each_message_whatever_the_reads_split() {
+        let sizes = [0usize, 1, 125, 126, 4000, 4096, 65535, 65536, 200_000];
+        let messages: Vec<Vec<u8>> = sizes.iter().map(|&n| (0..n).map(|i| (i * 7 + n) as u8).collect()).collect();
+        let mut wire = Vec::new();
+        for (k, m) in messages.iter().enumerate() {
+            let mask = (k % 2 == 1).then_some([1, 2, 3, 4]);
+            wire.extend(server_frame(true, if k % 3 == 0 { 2 } else { 1 }, m, mask));
+        }
+        for chunk in [1usize, 3, 1000, wire.len()] {
+            let (mut r, mut server) = pair().await;
+            let w = wire.clone();
+            let writer = tokio::spawn(async move {
+                for part in w.chunks(chunk) {
+                    server.write_all(part).await.unwrap();
+                    if chunk < 10 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                server
+            });
+            for m in &messages {
+                assert_eq!(next(&mut r).await.as_deref(), Some(&m[..]), "chunks of {chunk}");
+            }
+            drop(writer.await.unwrap());
+            assert_eq!(next(&mut r).await, None, "end of stream after the last message");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reader_joins_fragments_answers_pings_and_stops_at_close() {
+        let (mut r, mut server) = pair().await;
+        let mut wire = server_frame(false, 1, b"hel", None);
+        wire.extend(server_frame(true, 9, b"are you there", None));
+        wire.extend(server_frame(false, 0, b"lo ", None));
+        wire.extend(server_frame(true, 0, b"world", None));
+        wire.extend(server_frame(true, 1, b"next", None));
+        wire.extend(server_frame(true, 8, &[3, 232], None));
+        wire.extend(server_frame(true, 1, b"after the close", None));
+        server.write_all(&wire).await.unwrap();
+        assert_eq!(next(&mut r).await.as_deref(), Some(&b"hello world"[..]));
+        assert_eq!(next(&mut r).await.as_deref(), Some(&b"next"[..]));
+        assert_eq!(next(&mut r).await, None);
+        r.close().await;
+        // The pong (masked, echoing the ping's payload), then the close frame.
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got[0], 0x8A);
+        assert_eq!(got[1], 0x80 | 13);
+        let key = [got[2], got[3], got[4], got[5]];
+        let pong: Vec<u8> = got[6..19].iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
+        assert_eq!(pong, b"are you there");
+        assert_eq!(&got[19..21], &[0x88, 0x80]);
+        assert_eq!(got.len(), 25);
+    }
+
+    #[tokio::test]
+    async fn the_reader_refuses_broken_framing() {
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("continuation with nothing open", server_frame(true, 0, b"x", None)),
+            ("new message inside a fragmented one", {
+                let mut w = server_frame(false, 1, b"a", None);
+                w.extend(server_frame(true, 1, b"b", None));
+                w
+            }),
+            ("unknown opcode", server_frame(true, 3, b"x", None)),
+            ("oversized frame", vec![0x81, 127, 0, 0, 0, 0, 0x10, 0, 0, 0]),
+        ];
+        for (what, wire) in cases {
+            let (mut r, mut server) = pair().await;
+            server.write_all(&wire).await.unwrap();
+            let got = r.next_message().await;
+            let e = got.expect_err(what);
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{what}");
+        }
+    }
 
     #[test]
     fn sources_spread_clients() {
