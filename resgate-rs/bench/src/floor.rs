@@ -64,19 +64,7 @@ fn change_frame(out: &mut Vec<u8>, rid: &str, t_ns: u64, seq: u64) {
     payload.extend_from_slice(&frames::change_event(t_ns, seq));
     payload.push(b'}');
     out.clear();
-    out.push(0x81); // FIN + text
-    match payload.len() {
-        n @ 0..=125 => out.push(n as u8),
-        n @ 126..=0xFFFF => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&payload);
+    crate::ws::push_frame(out, 0x81, None, &payload); // FIN + text, unmasked as a server sends it
 }
 
 /// Writes `warm + measured` events round robin over the resources; measures only the last part.

@@ -281,24 +281,41 @@ fn invalid(why: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why)
 }
 
-/// A client frame (clients mask what they send) with `opcode` and `payload`.
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let key: [u8; 4] = rand::random();
-    let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode);
+/// Appends one frame: `first` holds FIN and the opcode; `mask` masks the payload (clients must
+/// mask what they send, servers must not).
+pub fn push_frame(out: &mut Vec<u8>, first: u8, mask: Option<[u8; 4]>, payload: &[u8]) {
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    out.push(first);
     match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 0..=125 => out.push(masked | n as u8),
         n @ 126..=0xFFFF => {
-            out.push(0x80 | 126);
+            out.push(masked | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(0x80 | 127);
+            out.push(masked | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    if let Some(key) = mask {
+        out.extend_from_slice(&key);
+    }
+    let at = out.len();
+    out.extend_from_slice(payload);
+    if let Some(key) = mask {
+        apply_mask(&mut out[at..], key);
+    }
+}
+
+/// Masks or unmasks (the same operation) a frame's payload.
+fn apply_mask(bytes: &mut [u8], key: [u8; 4]) {
+    bytes.iter_mut().enumerate().for_each(|(i, b)| *b ^= key[i % 4]);
+}
+
+/// A final client frame with `opcode` and `payload`, masked with a fresh key.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    push_frame(&mut out, 0x80 | opcode, Some(rand::random()), payload);
     out
 }
 
@@ -336,7 +353,7 @@ impl Reader {
             let at = self.start + h.header_len;
             let payload = at..at + h.payload_len;
             if let Some(key) = h.mask {
-                self.buf[payload.clone()].iter_mut().enumerate().for_each(|(i, b)| *b ^= key[i % 4]);
+                apply_mask(&mut self.buf[payload.clone()], key);
             }
             match (h.opcode, self.joining) {
                 (0x8, _) => return Ok(None),
@@ -398,26 +415,8 @@ mod tests {
 
     /// A server frame (unmasked unless `mask` is given).
     fn server_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-        let m = if mask.is_some() { 0x80 } else { 0 };
-        match payload.len() {
-            n @ 0..=125 => out.push(m | n as u8),
-            n @ 126..=0xFFFF => {
-                out.push(m | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(m | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        match mask {
-            Some(key) => {
-                out.extend_from_slice(&key);
-                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-            }
-            None => out.extend_from_slice(payload),
-        }
+        let mut out = Vec::new();
+        push_frame(&mut out, if fin { 0x80 } else { 0 } | opcode, mask, payload);
         out
     }
 
@@ -483,7 +482,8 @@ mod tests {
         assert_eq!(got[0], 0x8A);
         assert_eq!(got[1], 0x80 | 13);
         let key = [got[2], got[3], got[4], got[5]];
-        let pong: Vec<u8> = got[6..19].iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
+        let mut pong = got[6..19].to_vec();
+        apply_mask(&mut pong, key);
         assert_eq!(pong, b"are you there");
         assert_eq!(&got[19..21], &[0x88, 0x80]);
         assert_eq!(got.len(), 25);
