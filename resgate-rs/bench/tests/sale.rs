@@ -40,15 +40,22 @@ impl Drop for Platform {
     }
 }
 
-/// A port such that it and the `n - 1` after it are free now.
+/// A port such that it and the `n - 1` after it are free now, below the kernel's ephemeral range:
+/// the services bind these last, after the platform's own outgoing connections have taken
+/// ephemeral ports, and one of those once took an admin port between run.sh's check and the bind.
 fn free_range(n: u16) -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (lowest, span) = (10_000, ephemeral_low.saturating_sub(10_000 + n).max(1));
     for _ in 0..200 {
-        let base = free_port();
-        if base < 60_000 && (0..n).all(|k| TcpListener::bind(("127.0.0.1", base + k)).is_ok()) {
+        let base = lowest + rand::random::<u16>() % span;
+        if (0..n).all(|k| TcpListener::bind(("127.0.0.1", base + k)).is_ok()) {
             return base;
         }
     }
-    panic!("no {n} consecutive free ports on 127.0.0.1");
+    panic!("no {n} consecutive free ports on 127.0.0.1 below {ephemeral_low}");
 }
 
 fn workspace_root() -> PathBuf {
