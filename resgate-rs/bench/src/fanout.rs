@@ -7,6 +7,7 @@
 //! its seq belongs to the current step and is above the last seq it saw (else it is a duplicate
 //! or a straggler of an earlier step). Whatever has not arrived when the drain time ends is lost.
 
+use crate::receivers::{Receive, Receivers};
 use crate::report::{Report, cpu_us_per, mib, opt_us, per_sec};
 use crate::service::{Service, rid};
 use crate::stats::{Latency, Pacer, Proc, ProcUsage, ProcWatch, ShardedHistogram, now_ns};
@@ -157,7 +158,7 @@ struct Rig {
     /// Subscribers per resource, of the clients that connected.
     subs: Vec<u64>,
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
+    receivers: Receivers,
     _go: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     next_seq: u64,
@@ -208,41 +209,33 @@ impl StepResult {
     }
 }
 
-async fn receive(ws: Ws, idx: usize, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut reader = ws::Reader::new(ws);
-    let mut last_seq = 0u64;
-    // One registration with the stop signal for the client's lifetime: a new `changed()` per
-    // frame registered and deregistered under the signal's lock every time.
-    let stopped = stop.changed();
-    tokio::pin!(stopped);
-    let c = &shared.counts[idx];
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut stopped => break,
-            msg = reader.next_message() => match msg {
-                Ok(Some(payload)) => {
-                    let Some(s) = frames::parse_change_stamp(payload) else { continue };
-                    let now = now_ns();
-                    if s.seq < shared.seq_lo.load(Relaxed) {
-                        c.stale.fetch_add(1, Relaxed);
-                    } else if s.seq <= last_seq {
-                        c.duplicate.fetch_add(1, Relaxed);
-                    } else {
-                        last_seq = s.seq;
-                        shared.hist.record(idx, now.saturating_sub(s.t_ns) / 1000);
-                        c.received.fetch_add(1, Relaxed);
-                        c.last_recv_ns.store(now, Relaxed);
-                    }
-                }
-                Ok(None) | Err(_) => {
-                    shared.closed.fetch_add(1, Relaxed);
-                    return;
-                }
-            }
+/// One client's receiving side: counts what its receive thread hands it.
+struct Counter {
+    idx: usize,
+    shared: Arc<Shared>,
+    last_seq: u64,
+}
+
+impl Receive for Counter {
+    fn message(&mut self, payload: &[u8]) {
+        let Some(s) = frames::parse_change_stamp(payload) else { return };
+        let now = now_ns();
+        let c = &self.shared.counts[self.idx];
+        if s.seq < self.shared.seq_lo.load(Relaxed) {
+            c.stale.fetch_add(1, Relaxed);
+        } else if s.seq <= self.last_seq {
+            c.duplicate.fetch_add(1, Relaxed);
+        } else {
+            self.last_seq = s.seq;
+            self.shared.hist.record(self.idx, now.saturating_sub(s.t_ns) / 1000);
+            c.received.fetch_add(1, Relaxed);
+            c.last_recv_ns.store(now, Relaxed);
         }
     }
-    reader.close().await;
+
+    fn ended(&mut self) {
+        self.shared.closed.fetch_add(1, Relaxed);
+    }
 }
 
 impl Rig {
@@ -262,11 +255,22 @@ impl Rig {
             seq_lo: AtomicU64::new(1),
             closed: AtomicU64::new(0),
         });
-        let (stop, stop_rx) = watch::channel(false);
+        let receivers = Receivers::start(ctx.common.threads)?;
         let (go, go_rx) = watch::channel(false);
         let run = {
-            let shared = shared.clone();
-            move |i: usize, w: Ws| receive(w, i, shared.clone(), stop_rx.clone())
+            let (shared, adopter) = (shared.clone(), receivers.adopter());
+            move |i: usize, w: Ws| {
+                let (shared, adopter) = (shared.clone(), adopter.clone());
+                async move {
+                    let counter = Counter { idx: i, shared: shared.clone(), last_seq: 0 };
+                    // tungstenite may hold bytes it read but has not parsed: a client is handed
+                    // over after its subscribe response, before any event is published.
+                    if let Err(e) = adopter.adopt(i, w.into_inner(), Box::new(counter)) {
+                        eprintln!("resbench: client {i}: {e:#}");
+                        shared.closed.fetch_add(1, Relaxed);
+                    }
+                }
+            }
         };
         let opened =
             ws::open_many(&ctx.shards, &ctx.target, n, &rids, ctx.common.connect_parallel, timeout, go_rx, run).await;
@@ -285,6 +289,7 @@ impl Rig {
             ctx.warnings.push(format!("{} of {n} clients failed to connect; first: {e}", opened.failed));
         }
         if connected == 0 {
+            receivers.stop();
             service.shutdown().await;
             bail!("no client connected to {}", ctx.target.ws_url());
         }
@@ -298,7 +303,7 @@ impl Rig {
             service,
             subs,
             shared,
-            stop,
+            receivers,
             _go: go,
             tasks: opened.tasks,
             next_seq: 1,
@@ -386,13 +391,14 @@ impl Rig {
     }
 
     async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for t in &mut self.tasks {
             if tokio::time::timeout_at(deadline, &mut *t).await.is_err() {
                 t.abort();
             }
         }
+        let receivers = self.receivers;
+        let _ = tokio::task::spawn_blocking(move || receivers.stop()).await;
         self.service.shutdown().await;
     }
 }

@@ -76,11 +76,12 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn number_after(frame: &[u8], key: &[u8]) -> Option<u64> {
     let start = find(frame, key)?;
-    let digits = frame[start..].iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || digits > 20 {
-        return None;
+    // Digit by digit: no UTF-8 check and no second pass (this runs once per delivery).
+    let mut n = None;
+    for &d in frame[start..].iter().take_while(|b| b.is_ascii_digit()) {
+        n = Some(n.unwrap_or(0u64).checked_mul(10)?.checked_add(u64::from(d - b'0'))?);
     }
-    std::str::from_utf8(&frame[start..start + digits]).ok()?.parse().ok()
+    n
 }
 
 /// A response frame: its id and, for an error, the error code.
@@ -138,6 +139,8 @@ mod tests {
         // Max u64 parses; other events and responses do not.
         let f = br#"{"event":"a.change","data":{"values":{"t":18446744073709551615,"seq":0}}}"#;
         assert_eq!(parse_change_stamp(f).unwrap().t_ns, u64::MAX);
+        let f = br#"{"event":"a.change","data":{"values":{"t":18446744073709551616,"seq":0}}}"#;
+        assert_eq!(parse_change_stamp(f), None, "one over u64::MAX");
         assert_eq!(parse_change_stamp(br#"{"event":"a.b.custom","data":{"t":1,"seq":2}}"#), None);
         assert_eq!(parse_change_stamp(br#"{"result":{"models":{"a":{"t":1,"seq":2}}},"id":2}"#), None);
         assert_eq!(parse_change_stamp(br#"{"event":"a.change","data":{"values":{"t":-1,"seq":2}}}"#), None);

@@ -7,6 +7,7 @@ mod fanout;
 mod floor;
 mod frames;
 mod http;
+mod receivers;
 mod report;
 mod requests;
 mod sale;

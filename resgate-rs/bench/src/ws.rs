@@ -6,7 +6,6 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -220,31 +219,47 @@ pub async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
 }
 
-/// Largest message a [`Reader`] accepts: far above any frame of the tool's scenarios.
+/// Largest message a [`FrameBuf`] accepts: far above any frame of the tool's scenarios.
 const MAX_MESSAGE: usize = 16 << 20;
 
-/// The receiving side of a client once it is set up, without tungstenite.
+/// What [`FrameBuf::next`] found in the buffered bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<'a> {
+    /// A text or binary message's payload (fragments joined).
+    Message(&'a [u8]),
+    /// The buffer holds no whole message: read into [`FrameBuf::room`] and call again.
+    More,
+    /// The server sent a close frame.
+    Closed,
+}
+
+/// The receiving side of a client once it is set up, without tungstenite and without I/O: the
+/// caller reads into [`FrameBuf::room`], reports the bytes with [`FrameBuf::filled`] and takes
+/// messages with [`FrameBuf::next`] until it says [`Next::More`].
 ///
 /// At a gateway's maximum the tool's readers share the machine's two cores with the gateway, so
 /// every microsecond they spend per delivery is taken from the gateway under test, and more so
-/// from the faster one. With tungstenite's stream the tool spent about 40 % of its CPU in user
-/// space, much of it there (a proxy waker per read, a buffer split and a zeroed read buffer per
-/// message). This reader parses the server's frames in place in one buffer that is never
-/// cleared, and does only what a client must: answers pings, joins fragments, and stops at a
-/// close frame. A stop signal that cancels it mid-pong can leave half a pong on a connection
-/// that is closing anyway.
-pub struct Reader {
-    stream: TcpStream,
+/// from the faster one. This parser works in place in one buffer that is never cleared, and does
+/// only what a client must: queues a pong for each ping ([`FrameBuf::take_out`]), joins
+/// fragments, and stops at a close frame.
+pub struct FrameBuf {
     buf: Vec<u8>,
     /// Unparsed bytes are `buf[start..end]`.
     start: usize,
     end: usize,
+    /// Unparsed bytes the next frame needs before it can be parsed.
+    need: usize,
     /// A fragmented message: being joined while `joining`, else the one returned last.
     joined: Vec<u8>,
     joining: bool,
     /// The message returned last, to drop from the buffer on the next call.
     consumed: usize,
+    /// Frames to send (pongs).
+    out: Vec<u8>,
 }
+
+/// Free space a read is offered beyond what the next frame needs.
+const READ_ROOM: usize = 4096;
 
 /// One frame's header, once its bytes are in the buffer.
 struct Header {
@@ -312,43 +327,61 @@ fn apply_mask(bytes: &mut [u8], key: [u8; 4]) {
     bytes.iter_mut().enumerate().for_each(|(i, b)| *b ^= key[i % 4]);
 }
 
-/// A final client frame with `opcode` and `payload`, masked with a fresh key.
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 14);
-    push_frame(&mut out, 0x80 | opcode, Some(rand::random()), payload);
-    out
+impl Default for FrameBuf {
+    fn default() -> FrameBuf {
+        FrameBuf {
+            buf: vec![0; READ_ROOM],
+            start: 0,
+            end: 0,
+            need: 1,
+            joined: Vec::new(),
+            joining: false,
+            consumed: 0,
+            out: Vec::new(),
+        }
+    }
 }
 
-impl Reader {
-    /// Takes over a set-up client. tungstenite may hold bytes it read but has not parsed; the
-    /// scenarios hand a client over only after its last response, before any event is sent.
-    pub fn new(ws: Ws) -> Reader {
-        Reader::from_stream(ws.into_inner())
+impl FrameBuf {
+    /// Where the next read goes: room for at least the next frame and [`READ_ROOM`] more.
+    pub fn room(&mut self) -> &mut [u8] {
+        self.start += std::mem::take(&mut self.consumed);
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        let want = self.need.max(self.end + READ_ROOM);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        &mut self.buf[self.end..]
     }
 
-    fn from_stream(stream: TcpStream) -> Reader {
-        Reader { stream, buf: vec![0; 4096], start: 0, end: 0, joined: Vec::new(), joining: false, consumed: 0 }
+    /// Counts `n` bytes read into [`FrameBuf::room`].
+    pub fn filled(&mut self, n: usize) {
+        self.end += n;
     }
 
-    /// The next text or binary message's payload; `None` at a close frame or end of stream.
-    pub async fn next_message(&mut self) -> std::io::Result<Option<&[u8]>> {
+    /// Frames queued to send (pongs), taken.
+    pub fn take_out(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The next message in the buffered bytes; an error on framing a server must not send.
+    pub fn next(&mut self) -> std::io::Result<Next<'_>> {
         self.start += std::mem::take(&mut self.consumed);
         if !self.joining {
             self.joined.clear();
         }
         loop {
+            let unparsed = self.end - self.start;
             let Some(h) = parse_header(&self.buf[self.start..self.end])? else {
-                if !self.read_more(self.end - self.start + 1).await? {
-                    return Ok(None);
-                }
-                continue;
+                self.need = unparsed + 1;
+                return Ok(Next::More);
             };
             let frame_len = h.header_len + h.payload_len;
-            if self.end - self.start < frame_len {
-                if !self.read_more(frame_len).await? {
-                    return Ok(None);
-                }
-                continue;
+            if unparsed < frame_len {
+                self.need = frame_len;
+                return Ok(Next::More);
             }
             let at = self.start + h.header_len;
             let payload = at..at + h.payload_len;
@@ -356,16 +389,15 @@ impl Reader {
                 apply_mask(&mut self.buf[payload.clone()], key);
             }
             match (h.opcode, self.joining) {
-                (0x8, _) => return Ok(None),
+                (0x8, _) => return Ok(Next::Closed),
                 (0x9, _) => {
-                    let pong = client_frame(0xA, &self.buf[payload]);
+                    push_frame(&mut self.out, 0x8A, Some(rand::random()), &self.buf[payload]);
                     self.start += frame_len;
-                    self.stream.write_all(&pong).await?;
                 }
                 (0xA, _) => self.start += frame_len,
                 (0x1 | 0x2, false) if h.fin => {
                     self.consumed = frame_len;
-                    return Ok(Some(&self.buf[payload]));
+                    return Ok(Next::Message(&self.buf[payload]));
                 }
                 (0x1 | 0x2, false) | (0x0, true) => {
                     if self.joined.len() + h.payload_len > MAX_MESSAGE {
@@ -375,7 +407,7 @@ impl Reader {
                     self.start += frame_len;
                     self.joining = !h.fin;
                     if h.fin {
-                        return Ok(Some(&self.joined));
+                        return Ok(Next::Message(&self.joined));
                     }
                 }
                 (0x0, false) => return Err(invalid("a continuation frame with no message to continue".into())),
@@ -384,56 +416,50 @@ impl Reader {
             }
         }
     }
-
-    /// Reads until `need` unparsed bytes are buffered; false at end of stream.
-    async fn read_more(&mut self, need: usize) -> std::io::Result<bool> {
-        self.buf.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
-        self.start = 0;
-        if self.buf.len() < need {
-            self.buf.resize(need, 0);
-        }
-        while self.end < need {
-            match self.stream.read(&mut self.buf[self.end..]).await? {
-                0 => return Ok(false),
-                got => self.end += got,
-            }
-        }
-        Ok(true)
-    }
-
-    /// Closes politely (close frame, bounded wait); the socket drops either way.
-    pub async fn close(mut self) {
-        let frame = client_frame(0x8, &[]);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&frame)).await;
-    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A server frame (unmasked unless `mask` is given).
-    fn server_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    pub(crate) fn server_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
         let mut out = Vec::new();
         push_frame(&mut out, if fin { 0x80 } else { 0 } | opcode, mask, payload);
         out
     }
 
-    /// A connected pair: the reader's side, and the "server" side the test writes.
-    async fn pair() -> (Reader, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (Reader::from_stream(client), server)
+    /// The messages a parser gave, and whether a close frame ended them.
+    type Fed = (Vec<Vec<u8>>, bool);
+
+    /// Feeds `wire` to a fresh parser in reads of at most `chunk` bytes (and at most the room
+    /// offered); the messages, and whether a close frame ended them.
+    fn feed(wire: &[u8], chunk: usize) -> (FrameBuf, std::io::Result<Fed>) {
+        let mut fb = FrameBuf::default();
+        let mut got = Vec::new();
+        let r = (|| {
+            let mut rest = wire;
+            while !rest.is_empty() {
+                let room = fb.room();
+                let n = rest.len().min(chunk).min(room.len());
+                room[..n].copy_from_slice(&rest[..n]);
+                fb.filled(n);
+                rest = &rest[n..];
+                loop {
+                    match fb.next()? {
+                        Next::Message(m) => got.push(m.to_vec()),
+                        Next::More => break,
+                        Next::Closed => return Ok((got, true)),
+                    }
+                }
+            }
+            Ok((got, false))
+        })();
+        (fb, r)
     }
 
-    async fn next(r: &mut Reader) -> Option<Vec<u8>> {
-        r.next_message().await.unwrap().map(<[u8]>::to_vec)
-    }
-
-    #[tokio::test]
-    async fn the_reader_returns_each_message_whatever_the_reads_split() {
+    #[test]
+    fn messages_come_out_whole_whatever_the_reads_split() {
         let sizes = [0usize, 1, 125, 126, 4000, 4096, 65535, 65536, 200_000];
         let messages: Vec<Vec<u8>> = sizes.iter().map(|&n| (0..n).map(|i| (i * 7 + n) as u8).collect()).collect();
         let mut wire = Vec::new();
@@ -441,29 +467,15 @@ mod tests {
             let mask = (k % 2 == 1).then_some([1, 2, 3, 4]);
             wire.extend(server_frame(true, if k % 3 == 0 { 2 } else { 1 }, m, mask));
         }
-        for chunk in [1usize, 3, 1000, wire.len()] {
-            let (mut r, mut server) = pair().await;
-            let w = wire.clone();
-            let writer = tokio::spawn(async move {
-                for part in w.chunks(chunk) {
-                    server.write_all(part).await.unwrap();
-                    if chunk < 10 {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                server
-            });
-            for m in &messages {
-                assert_eq!(next(&mut r).await.as_deref(), Some(&m[..]), "chunks of {chunk}");
-            }
-            drop(writer.await.unwrap());
-            assert_eq!(next(&mut r).await, None, "end of stream after the last message");
+        for chunk in [1usize, 3, 1000, 4096, wire.len()] {
+            let (_, r) = feed(&wire, chunk);
+            let (got, closed) = r.unwrap();
+            assert!(got == messages && !closed, "chunks of {chunk}");
         }
     }
 
-    #[tokio::test]
-    async fn the_reader_joins_fragments_answers_pings_and_stops_at_close() {
-        let (mut r, mut server) = pair().await;
+    #[test]
+    fn fragments_are_joined_pings_answered_and_a_close_ends() {
         let mut wire = server_frame(false, 1, b"hel", None);
         wire.extend(server_frame(true, 9, b"are you there", None));
         wire.extend(server_frame(false, 0, b"lo ", None));
@@ -471,26 +483,21 @@ mod tests {
         wire.extend(server_frame(true, 1, b"next", None));
         wire.extend(server_frame(true, 8, &[3, 232], None));
         wire.extend(server_frame(true, 1, b"after the close", None));
-        server.write_all(&wire).await.unwrap();
-        assert_eq!(next(&mut r).await.as_deref(), Some(&b"hello world"[..]));
-        assert_eq!(next(&mut r).await.as_deref(), Some(&b"next"[..]));
-        assert_eq!(next(&mut r).await, None);
-        r.close().await;
-        // The pong (masked, echoing the ping's payload), then the close frame.
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got[0], 0x8A);
-        assert_eq!(got[1], 0x80 | 13);
-        let key = [got[2], got[3], got[4], got[5]];
-        let mut pong = got[6..19].to_vec();
-        apply_mask(&mut pong, key);
-        assert_eq!(pong, b"are you there");
-        assert_eq!(&got[19..21], &[0x88, 0x80]);
-        assert_eq!(got.len(), 25);
+        for chunk in [1, wire.len()] {
+            let (mut fb, r) = feed(&wire, chunk);
+            assert_eq!(r.unwrap(), (vec![b"hello world".to_vec(), b"next".to_vec()], true));
+            // The pong: masked, echoing the ping's payload.
+            let out = fb.take_out();
+            assert_eq!((out[0], out[1], out.len()), (0x8A, 0x80 | 13, 19));
+            let mut pong = out[6..].to_vec();
+            apply_mask(&mut pong, out[2..6].try_into().unwrap());
+            assert_eq!(pong, b"are you there");
+            assert!(fb.take_out().is_empty());
+        }
     }
 
-    #[tokio::test]
-    async fn the_reader_refuses_broken_framing() {
+    #[test]
+    fn broken_framing_is_refused() {
         let cases: [(&str, Vec<u8>); 4] = [
             ("continuation with nothing open", server_frame(true, 0, b"x", None)),
             ("new message inside a fragmented one", {
@@ -502,10 +509,7 @@ mod tests {
             ("oversized frame", vec![0x81, 127, 0, 0, 0, 0, 0x10, 0, 0, 0]),
         ];
         for (what, wire) in cases {
-            let (mut r, mut server) = pair().await;
-            server.write_all(&wire).await.unwrap();
-            let got = r.next_message().await;
-            let e = got.expect_err(what);
+            let e = feed(&wire, wire.len()).1.expect_err(what);
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{what}");
         }
     }
