@@ -96,8 +96,6 @@ struct Conn {
     stream: TcpStream,
     frames: FrameBuf,
     client: Box<dyn Receive>,
-    /// Frames not yet written (pongs).
-    out: Vec<u8>,
 }
 
 struct Loop {
@@ -150,7 +148,7 @@ impl Loop {
                 continue;
             }
             // Registering a socket that already holds bytes reports it readable at once.
-            self.conns[k] = Some(Conn { stream, frames: FrameBuf::default(), client, out: Vec::new() });
+            self.conns[k] = Some(Conn { stream, frames: FrameBuf::default(), client });
         }
     }
 
@@ -167,19 +165,11 @@ impl Loop {
                 Ok(0) => return false,
                 Ok(got) => {
                     conn.frames.filled(got);
-                    loop {
-                        match conn.frames.next() {
-                            Ok(Next::Message(payload)) => conn.client.message(payload),
-                            Ok(Next::More) => break,
-                            Ok(Next::Closed) | Err(_) => return false,
-                        }
+                    if !conn.hand_out() {
+                        return false;
                     }
-                    let pongs = conn.frames.take_out();
-                    if !pongs.is_empty() {
-                        conn.out.extend_from_slice(&pongs);
-                        if !conn.flush(self.poll.registry(), k) {
-                            return false;
-                        }
+                    if !conn.frames.unsent().is_empty() && !conn.flush(self.poll.registry(), k) {
+                        return false;
                     }
                     if got < offered {
                         return true;
@@ -202,21 +192,33 @@ impl Loop {
 }
 
 impl Conn {
-    /// Writes what is pending, asking for writability while some is left; false on a write
-    /// error.
+    /// Hands the client every whole message buffered; false at a close frame or broken framing.
+    fn hand_out(&mut self) -> bool {
+        loop {
+            match self.frames.next() {
+                Ok(Next::Message(payload)) => self.client.message(payload),
+                Ok(Next::More) => return true,
+                Ok(Next::Closed) | Err(_) => return false,
+            }
+        }
+    }
+
+    /// Writes the parser's unsent frames, asking for writability while some are left; false on
+    /// a write error.
     fn flush(&mut self, registry: &mio::Registry, k: usize) -> bool {
-        while !self.out.is_empty() {
-            match self.stream.write(&self.out) {
+        let out = self.frames.unsent();
+        while !out.is_empty() {
+            match self.stream.write(out) {
                 Ok(0) => return false,
                 Ok(n) => {
-                    self.out.drain(..n);
+                    out.drain(..n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return false,
             }
         }
-        let interest = if self.out.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        let interest = if out.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
         registry.reregister(&mut self.stream, Token(k), interest).is_ok()
     }
 }

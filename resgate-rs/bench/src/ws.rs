@@ -240,7 +240,7 @@ pub enum Next<'a> {
 /// At a gateway's maximum the tool's readers share the machine's two cores with the gateway, so
 /// every microsecond they spend per delivery is taken from the gateway under test, and more so
 /// from the faster one. This parser works in place in one buffer that is never cleared, and does
-/// only what a client must: queues a pong for each ping ([`FrameBuf::take_out`]), joins
+/// only what a client must: queues a pong for each ping ([`FrameBuf::unsent`]), joins
 /// fragments, and stops at a close frame.
 pub struct FrameBuf {
     buf: Vec<u8>,
@@ -361,9 +361,9 @@ impl FrameBuf {
         self.end += n;
     }
 
-    /// Frames queued to send (pongs), taken.
-    pub fn take_out(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
+    /// Frames queued to send (pongs): the caller writes them and drains what it wrote.
+    pub fn unsent(&mut self) -> &mut Vec<u8> {
+        &mut self.out
     }
 
     /// The next message in the buffered bytes; an error on framing a server must not send.
@@ -487,12 +487,12 @@ pub(crate) mod tests {
             let (mut fb, r) = feed(&wire, chunk);
             assert_eq!(r.unwrap(), (vec![b"hello world".to_vec(), b"next".to_vec()], true));
             // The pong: masked, echoing the ping's payload.
-            let out = fb.take_out();
+            let out = std::mem::take(fb.unsent());
             assert_eq!((out[0], out[1], out.len()), (0x8A, 0x80 | 13, 19));
             let mut pong = out[6..].to_vec();
             apply_mask(&mut pong, out[2..6].try_into().unwrap());
             assert_eq!(pong, b"are you there");
-            assert!(fb.take_out().is_empty());
+            assert!(fb.unsent().is_empty());
         }
     }
 
