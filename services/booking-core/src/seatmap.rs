@@ -67,9 +67,9 @@ pub const SOLD: &str = "sold";
 /// NATS subject of the occupancy domain event (consumed by pricing).
 pub const SEATS_CHANGED_SUBJECT: &str = "booking.events.seats.changed";
 
-const EXPIRY: &str = "booking:holds:expiry";
+pub(crate) const EXPIRY: &str = "booking:holds:expiry";
 /// Departures with a transition whose events may not be recorded and published, by mark time.
-const UNPUBLISHED: &str = "booking:seats:unpublished";
+pub(crate) const UNPUBLISHED: &str = "booking:seats:unpublished";
 /// Age after which the sweeper takes a mark as left behind (transitions take milliseconds).
 const UNPUBLISHED_GRACE_MS: i64 = 5_000;
 /// Held by the instance whose sweeper makes this period's safety-net reset.
@@ -83,7 +83,7 @@ const TRANSITION_BUDGET: Duration = Duration::from_secs(5);
 const SETTLE_RESET: Duration = Duration::from_secs(1);
 /// Pattern of every resource the seat store publishes.
 const SEATS_RESOURCES: &str = "seats.>";
-const PURCHASING: &str = "booking:holds:purchasing";
+pub(crate) const PURCHASING: &str = "booking:holds:purchasing";
 /// Most transitions published together (see [`SeatStore::transition`]): bounds how long the
 /// first member of a batch waits for the others, well inside the lease and the transition budget.
 const MAX_BATCH: usize = 32;

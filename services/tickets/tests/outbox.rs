@@ -212,6 +212,9 @@ async fn nats_killed_during_purchases_and_cancellations_every_committed_event_on
     while let Some(r) = shoppers.join_next().await {
         logs.push(r.expect("shopper"));
     }
+    // Holds whose replies the outage lost, and the thief's, expire after the workload and record
+    // events of their own: wait for them before comparing the stream with the outbox.
+    env.holds_settled(Duration::from_secs(60)).await;
     outbox_drained(&env, Duration::from_secs(60)).await;
 
     let events = stream_events(&c).await;
