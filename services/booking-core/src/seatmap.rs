@@ -67,9 +67,9 @@ pub const SOLD: &str = "sold";
 /// NATS subject of the occupancy domain event (consumed by pricing).
 pub const SEATS_CHANGED_SUBJECT: &str = "booking.events.seats.changed";
 
-pub(crate) const EXPIRY: &str = "booking:holds:expiry";
+const EXPIRY: &str = "booking:holds:expiry";
 /// Departures with a transition whose events may not be recorded and published, by mark time.
-pub(crate) const UNPUBLISHED: &str = "booking:seats:unpublished";
+const UNPUBLISHED: &str = "booking:seats:unpublished";
 /// Age after which the sweeper takes a mark as left behind (transitions take milliseconds).
 const UNPUBLISHED_GRACE_MS: i64 = 5_000;
 /// Held by the instance whose sweeper makes this period's safety-net reset.
@@ -83,10 +83,35 @@ const TRANSITION_BUDGET: Duration = Duration::from_secs(5);
 const SETTLE_RESET: Duration = Duration::from_secs(1);
 /// Pattern of every resource the seat store publishes.
 const SEATS_RESOURCES: &str = "seats.>";
-pub(crate) const PURCHASING: &str = "booking:holds:purchasing";
+const PURCHASING: &str = "booking:holds:purchasing";
 /// Most transitions published together (see [`SeatStore::transition`]): bounds how long the
 /// first member of a batch waits for the others, well inside the lease and the transition budget.
 const MAX_BATCH: usize = 32;
+
+/// What the seat store still has under way, read together (one MULTI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    /// Live holds, not being bought.
+    pub holds: i64,
+    /// Holds whose purchase has not settled.
+    pub purchases: i64,
+    /// Departures with a transition whose events are not yet recorded and published.
+    pub unpublished: i64,
+}
+
+/// Reads [`InFlight`]. A transition marks its departure before it ends a hold and unmarks it
+/// after its outbox row committed, so all zeros mean nothing will add to the outbox until a
+/// client acts again.
+pub async fn in_flight(redis: &mut ConnectionManager) -> Result<InFlight, redis::RedisError> {
+    let (holds, purchases, unpublished) = redis::pipe()
+        .atomic()
+        .zcard(EXPIRY)
+        .zcard(PURCHASING)
+        .zcard(UNPUBLISHED)
+        .query_async::<(i64, i64, i64)>(redis)
+        .await?;
+    Ok(InFlight { holds, purchases, unpublished })
+}
 
 fn hold_key(id: &str) -> String {
     format!("booking:hold:{id}")
@@ -1271,12 +1296,8 @@ impl SeatStore {
                 self.complete_purchase(dep, &ids, &sold).await?;
             }
         }
-        let active: i64 = retry_once(&self.inner.redis, |mut c| async move {
-            redis::pipe().zcard(EXPIRY).zcard(PURCHASING).query_async::<(i64, i64)>(&mut c).await
-        })
-        .await
-        .map(|(a, b)| a + b)?;
-        self.inner.metrics.active_holds.set(active);
+        let work = retry_once(&self.inner.redis, |mut c| async move { in_flight(&mut c).await }).await?;
+        self.inner.metrics.active_holds.set(work.holds + work.purchases);
         Ok(expired)
     }
 

@@ -84,31 +84,19 @@ impl Env {
         id
     }
 
-    /// Waits (bounded) until no hold is live or mid-purchase and every seat transition's events
-    /// are recorded: after that nothing adds to the outbox until a client acts again. A hold whose
-    /// reply was lost (NATS killed) expires later and records a `seats.changed` event then.
+    /// Waits (bounded) until the seat store has nothing in flight ([`crate::seatmap::in_flight`]):
+    /// after that nothing adds to the outbox until a client acts again. A hold whose reply was
+    /// lost (NATS killed) expires later and records a `seats.changed` event then.
     pub async fn holds_settled(&self, within: Duration) {
-        use crate::seatmap::{EXPIRY, PURCHASING, UNPUBLISHED};
+        use crate::seatmap::{InFlight, in_flight};
         let mut redis = connect_redis(&self.redis.url()).await.expect("connect to redis");
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            // One MULTI: a transition marks its departure before it ends a hold and unmarks it
-            // after the outbox row committed, so three zeros read together mean nothing is pending.
-            let counts: (i64, i64, i64) = redis::pipe()
-                .atomic()
-                .zcard(EXPIRY)
-                .zcard(PURCHASING)
-                .zcard(UNPUBLISHED)
-                .query_async(&mut redis)
-                .await
-                .expect("count holds");
-            if counts == (0, 0, 0) {
+            let work = in_flight(&mut redis).await.expect("read what is in flight");
+            if work == (InFlight { holds: 0, purchases: 0, unpublished: 0 }) {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "(live holds, purchases, unpublished departures) still {counts:?} after {within:?}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "{work:?} still after {within:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
